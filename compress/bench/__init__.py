@@ -1,0 +1,1 @@
+"""Latency measurement: timing statistics and inference backends."""

@@ -1,0 +1,1 @@
+"""Pipeline configuration: YAML -> typed, validated models with visible defaults."""

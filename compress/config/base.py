@@ -1,0 +1,120 @@
+"""Config blocks shared by several stages: data, model and training settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors, never silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+def _check_registered(registry_name: str, value: str) -> str:
+    from compress.data.datasets import DATASETS
+    from compress.models import MODELS
+
+    registry = {"dataset": DATASETS, "model": MODELS}[registry_name]
+    if value not in registry:
+        raise ValueError(registry.unknown_message(value))
+    return value
+
+
+class DataConfig(StrictModel):
+    """Which images, how they are prepared, and how they are batched."""
+
+    dataset: str = Field("fashion-mnist", description="registered dataset name")
+    root: Path | None = Field(
+        None, description="folder holding the dataset; default: search the usual places"
+    )
+    download: bool = Field(True, description="download with torchvision when not found locally")
+    image_size: int | None = Field(
+        None, ge=8, le=1024, description="square input size; default: the dataset's own"
+    )
+    channels: Literal[1, 3] | None = Field(
+        None, description="input channels; default: the dataset's own (1 for Fashion-MNIST)"
+    )
+    mean: list[float] | None = Field(None, description="per-channel mean; default: dataset's")
+    std: list[float] | None = Field(None, description="per-channel std; default: dataset's")
+    train_subset: int | None = Field(None, ge=1, description="use only N training images")
+    test_subset: int | None = Field(None, ge=1, description="use only N test images")
+    val_split: float = Field(
+        0.0, ge=0.0, lt=1.0, description="fraction of training images held out for validation"
+    )
+    batch_size: int = Field(128, ge=1)
+    eval_batch_size: int = Field(500, ge=1)
+    workers: int = Field(0, ge=0, description="decoding processes for image files")
+    cache: Literal["auto", "memory", "stream"] = Field(
+        "auto", description="memory: decode once into RAM; stream: decode every epoch"
+    )
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        return _check_registered("dataset", value)
+
+    @model_validator(mode="after")
+    def _norm_lengths(self) -> DataConfig:
+        for key in ("mean", "std"):
+            values = getattr(self, key)
+            if values is not None and self.channels is not None and len(values) != self.channels:
+                raise ValueError(f"{key} has {len(values)} values but channels is {self.channels}")
+        if self.std is not None and any(s <= 0 for s in self.std):
+            raise ValueError("std values must be > 0")
+        return self
+
+
+class ModelConfig(StrictModel):
+    """An architecture from the model registry, adapted to the data."""
+
+    arch: str = Field("mobilenet_v2", description="registered architecture name")
+    width_mult: float = Field(1.0, gt=0.0, le=4.0, description="channel width multiplier")
+    stem: Literal["auto", "imagenet", "cifar", "compact"] = Field(
+        "auto",
+        description=(
+            "imagenet: stride-4 stem (7x7/2 + pool); cifar: stride-1 3x3 for small images; "
+            "compact: 3x3/2 + pool, cheap on small images; auto: cifar below 64 px"
+        ),
+    )
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, value: str) -> str:
+        return _check_registered("model", value)
+
+
+class TrainConfig(StrictModel):
+    """Optimisation settings shared by every stage that trains."""
+
+    epochs: int = Field(10, ge=0)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.1, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    nesterov: bool = True
+    weight_decay: float = Field(5e-4, ge=0.0)
+    schedule: Literal["cosine", "onecycle", "step", "constant"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0.0)
+    step_milestones: list[int] = Field(default_factory=list, description="epochs, for step")
+    step_gamma: float = Field(0.1, gt=0.0, le=1.0)
+    augment: Literal["none", "flip", "standard"] = Field(
+        "standard", description="none; flip (horizontal); standard (pad-and-crop + flip)"
+    )
+    select: Literal["last", "best_val"] = Field(
+        "last", description="which epoch's weights to keep; best_val needs data.val_split > 0"
+    )
+    checkpoint_every_steps: int | None = Field(
+        None, ge=1, description="also checkpoint mid-epoch every N steps (epoch ends always)"
+    )
+    nan_policy: Literal["stop", "skip"] = Field(
+        "stop", description="on a NaN/Inf loss: stop (keep last checkpoint) or skip the batch"
+    )
+
+    @model_validator(mode="after")
+    def _schedule_fields(self) -> TrainConfig:
+        if self.schedule == "step" and not self.step_milestones:
+            raise ValueError("schedule 'step' needs step_milestones, e.g. [30, 60]")
+        return self

@@ -1,0 +1,127 @@
+"""The pipeline file: global settings, ``data``, then stages in the order they run.
+
+A top-level key that is not a global setting is a stage; its type defaults to its name::
+
+    name: quickstart
+    data: {dataset: fashion-mnist}
+    teacher: {model: {arch: resnet34}, epochs: 2}
+    distill: {student: {arch: mobilenet_v2}, method: {name: kd, temperature: 4}}
+    export: {}
+    bench: {}
+
+Two stages of one type need distinct names and an explicit ``type``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import Field, create_model, model_validator
+
+from compress.config.base import DataConfig, StrictModel
+
+
+class PipelineSettings(StrictModel):
+    """Global keys of a pipeline file."""
+
+    name: str = Field(
+        ...,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="run name; the default run directory is runs/<name>/",
+    )
+    description: str = ""
+    seed: int = Field(0, ge=0)
+    deterministic: bool = Field(
+        False, description="deterministic kernels: same seed, same metrics (slower)"
+    )
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; default: all cores")
+    data: DataConfig = Field(default_factory=DataConfig)
+
+    @model_validator(mode="after")
+    def _check_stage_inputs(self) -> PipelineSettings:
+        from compress.stages import STAGES
+
+        stages: dict[str, Any] = getattr(self, "stages", {})
+        if not stages:
+            raise ValueError("the pipeline has no stages (e.g. teacher, distill, export, bench)")
+        for position, (name, cfg) in enumerate(stages.items()):
+            earlier = list(stages.items())[:position]
+            for kind, required in STAGES.get(cfg.type).consumes(cfg).items():
+                producer = find_producer(earlier, kind, cfg.input)
+                if producer is None and required:
+                    raise ValueError(_no_producer_message(name, kind, cfg.input, earlier))
+        return self
+
+    def stage_items(self) -> list[tuple[str, Any]]:
+        return list(getattr(self, "stages", {}).items())
+
+    def to_yaml(self) -> str:
+        """The resolved config, every default visible, in the same layout as the file."""
+        dumped = self.model_dump(mode="json")
+        stages = dumped.pop("stages", {})
+        return yaml.safe_dump({**dumped, **stages}, sort_keys=False, width=100)
+
+
+MODEL_KINDS = ("teacher", "student")
+
+
+def find_producer(earlier: list[tuple[str, Any]], kind: str, explicit: str | None) -> str | None:
+    """The stage whose output of ``kind`` a stage consumes (``input`` names it explicitly)."""
+    from compress.stages import STAGES
+
+    produced = {name: STAGES.get(cfg.type).produces for name, cfg in earlier}
+    if explicit is not None and explicit in produced:
+        explicit_kind = produced[explicit]
+        if explicit_kind == kind or (kind in MODEL_KINDS and explicit_kind in MODEL_KINDS):
+            return explicit
+    for name, produces in reversed(list(produced.items())):
+        if produces == kind:
+            return name
+    return None
+
+
+def _no_producer_message(
+    name: str, kind: str, explicit: str | None, earlier: list[tuple[str, Any]]
+) -> str:
+    from compress.stages import STAGES
+
+    if explicit is not None:
+        return f"{name}.input: '{explicit}' is not an earlier stage that produces a {kind}"
+    makers = sorted(n for n, s in STAGES.items() if s.produces == kind)
+    before = ", ".join(n for n, _ in earlier) or "nothing"
+    return (
+        f"stage '{name}' needs a {kind} from an earlier stage of type {' or '.join(makers)}; "
+        f"before it come: {before}"
+    )
+
+
+@functools.cache
+def pipeline_model() -> type[PipelineSettings]:
+    """Pipeline with its ``stages`` union built from the registered stage types."""
+    from compress.stages import STAGES, load_stages
+
+    load_stages()
+    configs = tuple(spec.config for _, spec in STAGES.items())
+    stage_union = Annotated[Union[configs], Field(discriminator="type")]  # noqa: UP007
+    return create_model(  # type: ignore[call-overload]
+        "Pipeline",
+        __base__=PipelineSettings,
+        stages=(dict[str, stage_union], Field(default_factory=dict)),
+    )
+
+
+Pipeline = PipelineSettings  # the type stages and the runner annotate with
+
+
+def global_keys() -> list[str]:
+    return [k for k in PipelineSettings.model_fields]
+
+
+def stage_types() -> list[str]:
+    from compress.stages import STAGES, load_stages
+
+    load_stages()
+    return STAGES.names()

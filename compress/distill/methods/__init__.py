@@ -1,0 +1,1 @@
+"""Each module here registers one method in ``compress.distill.METHODS``."""

@@ -1,0 +1,36 @@
+"""baseline: the student on hard labels alone, the reference every method must beat."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from compress.distill.base import METHODS, ClassifierLossParams, DistillLoss, MethodSpec
+
+
+class BaselineParams(ClassifierLossParams):
+    name: Literal["baseline"] = "baseline"
+
+
+class BaselineLoss(DistillLoss):
+    def __init__(self, params: BaselineParams) -> None:
+        super().__init__()
+        self.label_smoothing = params.label_smoothing
+
+    def forward(
+        self, student: torch.Tensor, teacher: torch.Tensor | None, labels: torch.Tensor
+    ) -> torch.Tensor:
+        return F.cross_entropy(student, labels, label_smoothing=self.label_smoothing)
+
+
+METHODS.register("baseline")(
+    MethodSpec(
+        params=BaselineParams,
+        build=BaselineLoss,
+        uses_teacher=False,
+        paper="-",
+        summary="cross-entropy on hard labels only (label_smoothing)",
+    )
+)

@@ -1,0 +1,1 @@
+"""Exporters: PyTorch model -> deployable artifact (ONNX; TensorRT arrives with its issue)."""

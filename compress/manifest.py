@@ -1,0 +1,72 @@
+"""The run directory's ``manifest.json``: the contract between stages and with other tools.
+
+    {"pipeline": {...}, "versions": {...},
+     "stages": {"<name>": {"type", "status", "config_hash", "inputs", "metrics",
+                           "artifacts": {"<key>": {"path", "sha256", "bytes"}}, "seconds", ...}}}
+
+Paths are relative to the run directory, so a run directory can be moved or copied whole.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+from compress.io import sha256_file, write_json
+
+MANIFEST = "manifest.json"
+
+
+def library_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    versions = {"python": platform.python_version()}
+    for package in ("compress", "torch", "torchvision", "onnx", "onnxruntime", "numpy"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+class Manifest:
+    def __init__(self, run_dir: Path, data: dict[str, Any]) -> None:
+        self.run_dir = run_dir
+        self.data = data
+        self.data.setdefault("stages", {})
+
+    @classmethod
+    def load(cls, run_dir: Path) -> Manifest:
+        path = run_dir / MANIFEST
+        if path.is_file():
+            return cls(run_dir, json.loads(path.read_text(encoding="utf-8")))
+        return cls(run_dir, {})
+
+    def save(self) -> None:
+        write_json(self.run_dir / MANIFEST, self.data)
+
+    @property
+    def stages(self) -> dict[str, dict[str, Any]]:
+        return self.data["stages"]
+
+    def artifact_record(self, path: Path) -> dict[str, Any]:
+        return {
+            "path": path.relative_to(self.run_dir).as_posix(),
+            "sha256": sha256_file(path),
+            "bytes": path.stat().st_size,
+        }
+
+    def intact(self, stage: str) -> bool:
+        """Done, and every artifact still on disk with the recorded checksum."""
+        entry = self.stages.get(stage, {})
+        if entry.get("status") != "done":
+            return False
+        for record in entry.get("artifacts", {}).values():
+            path = self.run_dir / record["path"]
+            if not path.is_file() or path.stat().st_size != record["bytes"]:
+                return False
+            if sha256_file(path) != record["sha256"]:
+                return False
+        return True

@@ -1,0 +1,98 @@
+"""Our model file: an architecture spec plus a state_dict, loadable with weights_only=True.
+
+A stage never pickles a module: it saves ``{"format", "spec", "state_dict", "meta"}`` of plain
+types, and the next stage rebuilds the architecture from the spec. User checkpoints may be a plain
+torchvision-style state_dict or a dict wrapping one (``state_dict``/``model`` keys, ``module.``
+prefixes from DDP).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from compress.errors import CheckpointError
+from compress.io import load_torch, save_torch
+from compress.models.registry import MODELS
+
+FORMAT = "compress.model/1"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild an architecture before loading its weights."""
+
+    arch: str
+    num_classes: int
+    in_channels: int
+    width_mult: float = 1.0
+    stem: str = "cifar"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+def build_model(spec: ModelSpec) -> nn.Module:
+    builder = MODELS.get(spec.arch)
+    return builder(spec.num_classes, spec.in_channels, spec.width_mult, spec.stem)
+
+
+def save_model(model: nn.Module, spec: ModelSpec, path: Path, meta: dict[str, Any]) -> None:
+    """``meta`` carries what downstream consumers need: labels, preprocess, metrics."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    save_torch({"format": FORMAT, "spec": asdict(spec), "state_dict": state, "meta": meta}, path)
+
+
+def load_model(path: Path) -> tuple[nn.Module, ModelSpec, dict[str, Any]]:
+    payload = load_torch(path)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a compress model file (format {FORMAT})")
+    spec = ModelSpec.from_dict(payload["spec"])
+    model = build_model(spec)
+    load_state_dict_checked(model, payload["state_dict"], path, spec.arch)
+    return model, spec, payload.get("meta", {})
+
+
+def extract_state_dict(payload: Any, path: Path) -> dict[str, torch.Tensor]:
+    """Find the state_dict in a user's checkpoint, whatever common wrapper it comes in."""
+    if isinstance(payload, dict) and payload.get("format") == FORMAT:
+        payload = payload["state_dict"]
+    for key in ("state_dict", "model_state_dict", "model", "net"):
+        if isinstance(payload, dict) and isinstance(payload.get(key), dict):
+            payload = payload[key]
+            break
+    if not isinstance(payload, dict) or not all(torch.is_tensor(v) for v in payload.values()):
+        raise CheckpointError(f"{path} holds no state_dict (a dict of parameter name -> tensor)")
+    prefix = "module."
+    if all(k.startswith(prefix) for k in payload):
+        payload = {k[len(prefix) :]: v for k, v in payload.items()}
+    return payload
+
+
+def load_state_dict_checked(
+    model: nn.Module, state: dict[str, torch.Tensor], path: Path, arch: str
+) -> None:
+    """Load strictly; on mismatch name the missing, unexpected and mis-shaped keys."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if missing or unexpected or wrong:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", wrong)):
+            if keys:
+                shown = ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
+                parts.append(f"{len(keys)} {label}: {shown}")
+        raise CheckpointError(
+            f"{path} does not fit architecture '{arch}' (checkpoint vs model): " + "; ".join(parts)
+        )
+    model.load_state_dict(state)

@@ -1,0 +1,199 @@
+"""One plain training loop for every stage that trains (teacher, distill, later prune and qat).
+
+Read it top to bottom: for each epoch, for each batch: forward through ``step_loss``, check the
+loss is finite, backward, step, log. At every epoch end (and every N steps if asked) the whole
+state is written atomically, so ``compress run`` after a kill continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from compress.config.base import TrainConfig
+from compress.data.module import DataModule
+from compress.errors import TrainingError
+from compress.io import load_torch, save_torch
+from compress.train.evaluate import evaluate
+from compress.train.optim import build_optimizer, lr_factor, set_lr
+from compress.ui import console, progress
+
+# step_loss(x, y, rows) -> (student logits, loss); rows index the training split
+StepLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, float]] = field(default_factory=list)
+    resumed_at: str | None = None
+    skipped_batches: int = 0
+
+
+def fit(
+    model: nn.Module,
+    step_loss: StepLoss,
+    data: DataModule,
+    cfg: TrainConfig,
+    *,
+    device: torch.device,
+    checkpoint: Path,
+    fingerprint: str,
+    label: str,
+    augment: str,
+    extra_params: list[nn.Parameter] | None = None,
+    tensorboard_dir: Path | None = None,
+) -> FitResult:
+    """Train ``model`` in place; on return it holds the selected (last or best-val) weights."""
+    params = [p for p in model.parameters() if p.requires_grad] + list(extra_params or [])
+    optimizer = build_optimizer(params, cfg)
+    batch_size = data.cfg.batch_size
+    steps_per_epoch = data.steps_per_epoch(batch_size)
+    result = FitResult()
+    state = _resume(checkpoint, fingerprint, model, optimizer)
+    epoch, skip = state.get("epoch", 0), state.get("step_in_epoch", 0)
+    result.history = state.get("history", [])
+    best = state.get("best", {"top1": -1.0, "state_dict": None})
+    if state:
+        result.resumed_at = f"epoch {epoch + 1}, step {skip}"
+        console.print(f"  resuming {label} from {result.resumed_at} ({checkpoint.name})")
+    writer = _tensorboard(tensorboard_dir, purge_step=epoch * steps_per_epoch + skip)
+
+    model.to(device).train()
+    with progress() as bars:
+        task = bars.add_task(label, total=cfg.epochs * steps_per_epoch, stats="")
+        bars.update(task, completed=epoch * steps_per_epoch + skip)
+        while epoch < cfg.epochs:
+            seen = correct = 0
+            loss_sum, started = 0.0, time.perf_counter()
+            batches = data.train_batches(epoch, batch_size, augment, skip=skip)
+            for step, (x, y, rows) in enumerate(batches, start=skip):
+                global_step = epoch * steps_per_epoch + step
+                set_lr(optimizer, cfg.lr * lr_factor(global_step, cfg, steps_per_epoch))
+                x = x.to(device).contiguous(memory_format=torch.channels_last)
+                y = y.to(device)
+                logits, loss = step_loss(x, y, rows)
+                if not torch.isfinite(loss):
+                    result.skipped_batches += _non_finite(loss, cfg, epoch, step, checkpoint)
+                    optimizer.zero_grad(set_to_none=True)
+                    continue
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+
+                seen += len(y)
+                correct += (logits.detach().argmax(1) == y).sum().item()
+                loss_sum += loss.item() * len(y)
+                rate = seen / max(1e-9, time.perf_counter() - started)
+                stats = (
+                    f"ep {epoch + 1}/{cfg.epochs} loss {loss_sum / seen:.3f} "
+                    f"acc {correct / seen:.3f} {rate:,.0f} img/s"
+                )
+                bars.update(task, advance=1, stats=stats)
+                if writer and global_step % 10 == 0:
+                    writer.add_scalar("train/loss", loss.item(), global_step)
+                    writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], global_step)
+                every = cfg.checkpoint_every_steps
+                if every and (step + 1) % every == 0 and step + 1 < steps_per_epoch:
+                    _save(checkpoint, fingerprint, model, optimizer, epoch, step + 1,
+                          result.history, best)  # fmt: skip
+
+            record = {
+                "epoch": epoch + 1,
+                "loss": loss_sum / max(1, seen),
+                "train_top1": correct / max(1, seen),
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": time.perf_counter() - started,
+                "images_per_s": seen / max(1e-9, time.perf_counter() - started),
+            }
+            if data.val is not None:
+                record["val_top1"] = evaluate(model, data, data.val, device)["top1"]
+                model.train()
+                if record["val_top1"] > best["top1"]:
+                    best = {"top1": record["val_top1"], "epoch": epoch + 1,
+                            "state_dict": _cpu_state(model)}  # fmt: skip
+            result.history.append(record)
+            if writer:
+                for key, value in record.items():
+                    writer.add_scalar(f"epoch/{key}", value, epoch + 1)
+            epoch, skip = epoch + 1, 0
+            _save(checkpoint, fingerprint, model, optimizer, epoch, 0, result.history, best)
+
+    if writer:
+        writer.close()
+    if cfg.select == "best_val" and best.get("state_dict") is not None:
+        model.load_state_dict(best["state_dict"])
+        console.print(f"  kept epoch {best['epoch']} (best val top1 {best['top1']:.4f})")
+    return result
+
+
+def _non_finite(loss: torch.Tensor, cfg: TrainConfig, epoch: int, step: int, ckpt: Path) -> int:
+    where = f"epoch {epoch + 1}, step {step}"
+    if cfg.nan_policy == "skip":
+        console.print(f"  [yellow]skipped a batch with loss {loss.item()} at {where}[/]")
+        return 1
+    kept = f"last good checkpoint kept at {ckpt}" if ckpt.exists() else "no checkpoint yet"
+    raise TrainingError(
+        f"loss became {loss.item()} at {where}; {kept}. Lower the learning rate, or set "
+        "nan_policy: skip to drop such batches."
+    )
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def _save(
+    path: Path,
+    fingerprint: str,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    epoch: int,
+    step_in_epoch: int,
+    history: list[dict[str, float]],
+    best: dict[str, Any],
+) -> None:
+    save_torch(
+        {
+            "fingerprint": fingerprint,
+            "model": _cpu_state(model),
+            "optimizer": optimizer.state_dict(),
+            "epoch": epoch,
+            "step_in_epoch": step_in_epoch,
+            "history": history,
+            "best": best,
+            "torch_rng": torch.get_rng_state(),
+        },
+        path,
+    )
+
+
+def _resume(
+    path: Path, fingerprint: str, model: nn.Module, optimizer: torch.optim.Optimizer
+) -> dict[str, Any]:
+    """Load a checkpoint written for this exact stage config; anything else starts fresh."""
+    if not path.exists():
+        return {}
+    state = load_torch(path)
+    if state.get("fingerprint") != fingerprint:
+        console.print(f"  {path.name} is from a different config; starting over")
+        return {}
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"])
+    return state
+
+
+def _tensorboard(log_dir: Path | None, purge_step: int) -> Any:
+    if log_dir is None:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is a dependency, but a trimmed install should still train
+        return None
+    return SummaryWriter(str(log_dir), purge_step=purge_step or None)
