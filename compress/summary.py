@@ -43,8 +43,13 @@ def _bench_rows(entry: dict[str, Any], stages: dict[str, Any]) -> list[dict[str,
             head["top1"] = _pct(metrics.get("top1"))
             head["size"] = _mb(_bytes(stages.get(onnx_stage, {}), "onnx"))
         for bs, stats in per_batch.items():
-            rows.append({**head, "batch": bs, "p50 ms": f"{stats['p50']:.3f}",
-                         "p99 ms": f"{stats['p99']:.3f}", "img/s": f"{stats['throughput']:,.0f}"})  # fmt: skip
+            timing = {
+                "batch": bs,
+                "p50 ms": f"{stats['p50']:.3f}",
+                "p99 ms": f"{stats['p99']:.3f}",
+                "img/s": f"{stats['throughput']:,.0f}",
+            }
+            rows.append({**head, **timing})
             head = {}
     return rows
 

@@ -91,6 +91,7 @@ class TrainConfig(StrictModel):
     """Optimisation settings shared by every stage that trains."""
 
     epochs: int = Field(10, ge=0)
+    batch_size: int | None = Field(None, ge=1, description="default: data.batch_size")
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(0.1, gt=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)

@@ -93,8 +93,8 @@ def _no_producer_message(
     makers = sorted(n for n, s in STAGES.items() if s.produces == kind)
     before = ", ".join(n for n, _ in earlier) or "nothing"
     return (
-        f"stage '{name}' needs a {kind} from an earlier stage of type {' or '.join(makers)}; "
-        f"before it come: {before}"
+        f"stage '{name}' needs the {kind} output of an earlier {' or '.join(makers)} stage; "
+        f"before it come: {before} (stages run in file order)"
     )
 
 

@@ -52,7 +52,7 @@ def fit(
     """Train ``model`` in place; on return it holds the selected (last or best-val) weights."""
     params = [p for p in model.parameters() if p.requires_grad] + list(extra_params or [])
     optimizer = build_optimizer(params, cfg)
-    batch_size = data.cfg.batch_size
+    batch_size = cfg.batch_size or data.cfg.batch_size
     steps_per_epoch = data.steps_per_epoch(batch_size)
     result = FitResult()
     state = _resume(checkpoint, fingerprint, model, optimizer)

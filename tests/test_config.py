@@ -1,0 +1,156 @@
+"""Pipeline validation: every mistake gets one clear line naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from compress.config.load import apply_override, load_pipeline, parse_pipeline
+from compress.errors import ConfigError
+from tests.conftest import ROOT, tiny_pipeline
+
+
+def error_of(raw: dict, overrides: list[str] | None = None) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_pipeline(raw, overrides)
+    return str(info.value)
+
+
+def test_tiny_pipeline_validates_with_defaults_filled_in():
+    pipeline = parse_pipeline(tiny_pipeline())
+    names = [name for name, _ in pipeline.stage_items()]
+    assert names == ["teacher", "distill", "export", "bench"]
+    distill = dict(pipeline.stage_items())["distill"]
+    assert distill.method.name == "kd"
+    assert distill.method.temperature == 4.0  # default made visible
+    assert "temperature: 4.0" in pipeline.to_yaml()
+
+
+def test_unknown_top_level_key_suggests_the_closest():
+    raw = tiny_pipeline()
+    raw["distil"] = raw.pop("distill")
+    message = error_of(raw)
+    assert "unknown key 'distil'" in message and "did you mean 'distill'" in message
+
+
+def test_unknown_nested_key_names_its_path_and_suggests():
+    raw = tiny_pipeline()
+    raw["distill"]["method"] = {"name": "kd", "temprature": 2.0}
+    message = error_of(raw)
+    assert "unknown key 'distill.method.temprature'" in message
+    assert "did you mean 'temperature'" in message
+
+
+def test_unknown_data_key():
+    raw = tiny_pipeline()
+    raw["data"]["batchsize"] = 8
+    assert "did you mean 'batch_size'" in error_of(raw)
+
+
+@pytest.mark.parametrize(
+    ("method", "expected"),
+    [
+        (
+            {"name": "kd", "temperature": 0},
+            "distill.method.temperature: Input should be greater than 0",
+        ),
+        ({"name": "kd", "temperature": -1.5}, "distill.method.temperature"),
+        (
+            {"name": "kd", "alpha": 1.5},
+            "distill.method.alpha: Input should be less than or equal to 1",
+        ),
+        ({"name": "kd", "alpha": -0.1}, "distill.method.alpha"),
+        ({"name": "kd", "alpha": "high"}, "distill.method.alpha: Input should be a valid number"),
+    ],
+)
+def test_out_of_range_values(method, expected):
+    raw = tiny_pipeline()
+    raw["distill"]["method"] = method
+    assert expected in error_of(raw)
+
+
+def test_unknown_method_lists_valid_ones():
+    raw = tiny_pipeline()
+    raw["distill"]["method"] = "kdd"
+    message = error_of(raw)
+    assert "unknown name 'kdd'" in message and "did you mean 'kd'" in message
+    assert "baseline" in message
+
+
+def test_unknown_arch_and_dataset_list_valid_ones():
+    raw = tiny_pipeline()
+    raw["teacher"]["model"]["arch"] = "resnet43"
+    assert "unknown model 'resnet43'" in error_of(raw)
+    assert "resnet34" in error_of(raw)
+    raw = tiny_pipeline()
+    raw["data"]["dataset"] = "fashion_mnist"
+    message = error_of(raw)
+    assert "did you mean 'fashion-mnist'" in message and "cifar10" in message
+
+
+def test_missing_checkpoint_file(tmp_path: Path):
+    raw = tiny_pipeline()
+    raw["teacher"]["checkpoint"] = str(tmp_path / "nope.pt")
+    assert "teacher.checkpoint: checkpoint file not found" in error_of(raw)
+
+
+def test_stage_without_its_input_is_rejected_before_running():
+    raw = tiny_pipeline()
+    del raw["teacher"]
+    assert "stage 'distill' needs the teacher output of an earlier teacher stage" in error_of(raw)
+    raw = tiny_pipeline()
+    del raw["export"]
+    assert "stage 'bench' needs the onnx output of an earlier export stage" in error_of(raw)
+
+
+def test_baseline_needs_no_teacher():
+    raw = tiny_pipeline()
+    del raw["teacher"]
+    raw["distill"]["method"] = "baseline"
+    parse_pipeline(raw)
+
+
+def test_overrides_apply_to_any_key_and_are_validated():
+    pipeline = parse_pipeline(tiny_pipeline(), ["distill.epochs=3", "data.train_subset=64",
+                                                "distill.method.temperature=2"])  # fmt: skip
+    stages = dict(pipeline.stage_items())
+    assert stages["distill"].epochs == 3
+    assert stages["distill"].method.temperature == 2.0
+    assert pipeline.data.train_subset == 64
+    assert "distill.method.alpha" in error_of(tiny_pipeline(), ["distill.method.alpha=2"])
+    assert "did you mean 'epochs'" in error_of(tiny_pipeline(), ["distill.epoch=1"])
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        apply_override({}, "distill.epochs")
+
+
+def test_override_expands_method_shorthand():
+    raw = tiny_pipeline()
+    apply_override(raw, "distill.method.alpha=0.9")
+    assert raw["distill"]["method"] == {"name": "kd", "alpha": 0.9}
+
+
+def test_bad_yaml_and_missing_file(tmp_path: Path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_pipeline(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ndata: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML at line"):
+        load_pipeline(bad)
+
+
+def test_two_stages_of_one_type_need_a_type_key():
+    raw = tiny_pipeline()
+    raw["distill_baseline"] = {"type": "distill", "method": "baseline", "epochs": 1}
+    pipeline = parse_pipeline(raw)
+    assert dict(pipeline.stage_items())["distill_baseline"].type == "distill"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "pipelines").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_pipeline_validates(path: Path):
+    pipeline = load_pipeline(path)
+    assert pipeline.name
+    first_line = path.read_text().splitlines()[0]
+    assert first_line.startswith("# compress run pipelines/"), "each pipeline names its command"
+    assert yaml.safe_load(pipeline.to_yaml())["name"] == pipeline.name

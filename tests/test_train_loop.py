@@ -1,0 +1,78 @@
+"""The training loop: resumes exactly, stops on NaN with the step named, selects by val."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from compress.config.base import DataConfig, TrainConfig
+from compress.data.module import DataModule
+from compress.errors import TrainingError
+from compress.models import ModelSpec, build_model
+from compress.train.loop import fit
+
+
+def tiny_setup(root: Path):
+    data = DataModule(DataConfig(root=root, download=False, image_size=16, batch_size=8), seed=0)
+    torch.manual_seed(0)
+    model = build_model(ModelSpec("mobilenet_v2", 10, 1, 0.25, "cifar"))
+    return data, model
+
+
+def train(root: Path, ckpt: Path, cfg: TrainConfig, crash_at: int | None = None):
+    data, model = tiny_setup(root)
+    calls = {"n": 0}
+
+    def step_loss(x, y, rows):
+        calls["n"] += 1
+        if crash_at is not None and calls["n"] == crash_at:
+            raise KeyboardInterrupt
+        logits = model(x)
+        return logits, F.cross_entropy(logits, y)
+
+    fit(model, step_loss, data, cfg, device=torch.device("cpu"), checkpoint=ckpt,
+        fingerprint="fp", label="t", augment="standard")  # fmt: skip
+    return model
+
+
+def test_killed_then_resumed_training_ends_bit_identical(fake_fashion: Path, tmp_path: Path):
+    cfg = TrainConfig(epochs=2, lr=0.05, checkpoint_every_steps=2)
+    straight = train(fake_fashion, tmp_path / "a.pt", cfg)
+    with pytest.raises(KeyboardInterrupt):
+        train(fake_fashion, tmp_path / "b.pt", cfg, crash_at=10)  # mid second epoch (7/epoch)
+    assert (tmp_path / "b.pt").exists()
+    resumed = train(fake_fashion, tmp_path / "b.pt", cfg)
+    for (name, a), (_, b) in zip(
+        straight.state_dict().items(), resumed.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+
+
+def test_nan_loss_stops_naming_the_step(fake_fashion: Path, tmp_path: Path):
+    data, model = tiny_setup(fake_fashion)
+
+    def step_loss(x, y, rows):
+        logits = model(x)
+        return logits, logits.sum() * float("nan")
+
+    with pytest.raises(TrainingError, match=r"loss became nan at epoch 1, step 0"):
+        fit(model, step_loss, data, TrainConfig(epochs=1), device=torch.device("cpu"),
+            checkpoint=tmp_path / "c.pt", fingerprint="fp", label="t", augment="none")  # fmt: skip
+
+
+def test_nan_policy_skip_counts_batches(fake_fashion: Path, tmp_path: Path):
+    data, model = tiny_setup(fake_fashion)
+
+    def step_loss(x, y, rows):
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        return logits, loss * float("nan") if rows[0] % 2 == 0 else loss
+
+    result = fit(model, step_loss, data, TrainConfig(epochs=1, nan_policy="skip"),
+                 device=torch.device("cpu"), checkpoint=tmp_path / "d.pt", fingerprint="fp",
+                 label="t", augment="none")  # fmt: skip
+    assert result.skipped_batches > 0
+    assert all(torch.isfinite(p).all() for p in model.parameters())
