@@ -49,10 +49,11 @@ class PipelineSettings(StrictModel):
             raise ValueError("the pipeline has no stages (e.g. teacher, distill, export, bench)")
         for position, (name, cfg) in enumerate(stages.items()):
             earlier = list(stages.items())[:position]
-            for kind, required in STAGES.get(cfg.type).consumes(cfg).items():
-                producer = find_producer(earlier, kind, cfg.input)
+            for i, (kind, required) in enumerate(STAGES.get(cfg.type).consumes(cfg).items()):
+                producer = find_producer(earlier, kind, cfg.input if i == 0 else None)
                 if producer is None and required:
-                    raise ValueError(_no_producer_message(name, kind, cfg.input, earlier))
+                    explicit = cfg.input if i == 0 else None
+                    raise ValueError(_no_producer_message(name, kind, explicit, earlier))
         return self
 
     def stage_items(self) -> list[tuple[str, Any]]:
@@ -73,10 +74,11 @@ def find_producer(earlier: list[tuple[str, Any]], kind: str, explicit: str | Non
     from compress.stages import STAGES
 
     produced = {name: STAGES.get(cfg.type).produces for name, cfg in earlier}
-    if explicit is not None and explicit in produced:
-        explicit_kind = produced[explicit]
+    if explicit is not None:
+        explicit_kind = produced.get(explicit)
         if explicit_kind == kind or (kind in MODEL_KINDS and explicit_kind in MODEL_KINDS):
             return explicit
+        return None
     for name, produces in reversed(list(produced.items())):
         if produces == kind:
             return name

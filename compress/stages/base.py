@@ -37,7 +37,7 @@ class StageSpec:
     config: type[StageConfig]
     run: Callable[[Any, StageContext], StageResult]
     produces: str | None  # artifact kind: teacher, student, onnx, bench
-    consumes: Callable[[Any], dict[str, bool]]  # kind -> required, for a given config
+    consumes: Callable[[Any], dict[str, bool]]  # kind -> required; the first is the main input
     summary: str
 
 
