@@ -28,8 +28,16 @@ def pruned(
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
             nn.init.uniform_(m.weight, 0.1, 1.0)
-    prune(model, EXAMPLE, importance=importance, target=target, global_ranking=kw.get("global_ranking", False),
-          steps=2, round_to=8, ignored_layers=kw.get("ignored", []))  # fmt: skip
+    prune(
+        model,
+        EXAMPLE,
+        importance=importance,
+        target=target,
+        global_ranking=False,
+        steps=2,
+        round_to=8,
+        ignored_layers=kw.get("ignored", []),
+    )
     return model, ModelSpec(arch, 10, 3, width, "compact", pruned=True)
 
 
