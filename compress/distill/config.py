@@ -7,7 +7,7 @@ from typing import Annotated, Any, Union
 from pydantic import Field, field_validator
 
 from compress.config.base import StrictModel
-from compress.distill.base import METHODS, load_methods
+from compress.distill.base import METHODS, MethodParams, load_methods
 
 load_methods()
 MethodConfig = Annotated[
@@ -21,7 +21,7 @@ class DistillSettings(StrictModel):
 
     method: MethodConfig = Field(  # type: ignore[valid-type]
         default_factory=lambda: METHODS.get("kd").params(),
-        description="a method name (kd) or {name: kd, temperature: 4, alpha: 0.5}",
+        description="a method name (kd), {name: kd, temperature: 4}, or {name: mix, parts: [...]}",
     )
     cache_teacher: bool = Field(
         True, description="reuse teacher logits across epochs when augment is none"
@@ -32,5 +32,15 @@ class DistillSettings(StrictModel):
     def _name_shorthand(cls, value: Any) -> Any:
         return {"name": value} if isinstance(value, str) else value
 
+    def methods(self) -> list[MethodParams]:
+        """The methods whose losses are added: the parts of a mix, or the one method."""
+        return list(getattr(self.method, "parts", None) or [self.method])
+
+    def method_name(self) -> str:
+        return "+".join(p.name for p in self.methods())
+
     def uses_teacher(self) -> bool:
-        return METHODS.get(self.method.name).uses_teacher
+        return any(METHODS.get(p.name).uses_teacher for p in self.methods())
+
+    def layers(self) -> tuple[list[str], list[str]]:
+        return self.method.layers()

@@ -1,9 +1,10 @@
 """Train a student with a distillation method: the step every distilling stage shares.
 
-When the training inputs are fixed (``augment: none``), the teacher's logits for the training
-split are computed once per run and reused by every epoch and every stage that distils from the
-same teacher on the same data: identical numbers, and the teacher's forward pass (the dearest
-part of distillation on a CPU) is paid once.
+Feature methods get their layers' outputs through forward hooks, with shapes probed once before
+training so projections can be built. When only logits are needed and the training inputs are
+fixed (``augment: none``), the teacher's logits for the training split are computed once per
+run and reused by every epoch and every stage distilling from the same teacher on the same data:
+identical numbers, and the teacher's forward pass (the dearest part on a CPU) is paid once.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import torch
 from torch import nn
 
 from compress.config.base import TrainConfig
-from compress.distill.base import METHODS
+from compress.distill.base import METHODS, DistillLoss, Features, FeatureShapes
 from compress.distill.config import DistillSettings
+from compress.distill.features import probe_shapes, tapped
 from compress.io import load_torch, save_torch, sha256_json
 from compress.models import load_model
 from compress.stages.base import StageContext
@@ -27,54 +29,81 @@ from compress.ui import console
 TeacherLogits = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def build_loss(
+    settings: DistillSettings, shapes: FeatureShapes, student: nn.Module | None = None
+) -> DistillLoss:
+    return METHODS.get(settings.method.name).build(settings.method, shapes, student)
+
+
 def distill_student(
     student: nn.Module, settings: DistillSettings, train: TrainConfig, ctx: StageContext, label: str
 ) -> FitResult:
     """Train ``student`` in place from the stage's teacher input with ``settings.method``."""
+    data = ctx.data()
     student.to(ctx.device).to(memory_format=torch.channels_last)
-    loss_fn = METHODS.get(settings.method.name).build(settings.method).to(ctx.device)
-    teacher_logits_for = teacher_source(settings, train, ctx)
-
-    def step_loss(x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor):
-        logits = student(x)
-        teacher_logits = teacher_logits_for(x, rows) if teacher_logits_for else None
-        return logits, loss_fn(logits, teacher_logits, y)
-
-    return fit(
-        student,
-        step_loss,
-        ctx.data(),
-        train,
-        device=ctx.device,
-        checkpoint=checkpoint_path(ctx),
-        fingerprint=ctx.fingerprint,
-        label=label,
-        augment=train.augment,
-        extra_params=[p for p in loss_fn.parameters() if p.requires_grad],
-        tensorboard_dir=ctx.stage_dir / "tensorboard",
+    teacher = load_teacher(ctx) if settings.uses_teacher() else None
+    student_layers, teacher_layers = settings.layers()
+    example = next(data.eval_batches(data.test, 2))[0].to(ctx.device)
+    shapes = FeatureShapes(
+        probe_shapes(student, student_layers, example, "the student"),
+        probe_shapes(teacher, teacher_layers, example, "the teacher") if teacher else {},
     )
+    loss_fn = build_loss(settings, shapes, student).to(ctx.device)
+    cache = teacher is not None and not teacher_layers
+    cache = cache and train.augment == "none" and settings.cache_teacher
+    teacher_logits_for = teacher_source(teacher, ctx, cached=cache)
+
+    with (
+        tapped(student, student_layers, "the student") as student_taps,
+        tapped(teacher or nn.Identity(), teacher_layers, "the teacher") as teacher_taps,
+    ):
+
+        def step_loss(x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor):
+            logits = student(x)
+            teacher_logits = teacher_logits_for(x, rows) if teacher_logits_for else None
+            features = Features(dict(student_taps.outputs), dict(teacher_taps.outputs), x)
+            return logits, loss_fn(logits, teacher_logits, y, features)
+
+        result = fit(
+            student,
+            step_loss,
+            data,
+            train,
+            device=ctx.device,
+            checkpoint=checkpoint_path(ctx),
+            fingerprint=ctx.fingerprint,
+            label=label,
+            augment=train.augment,
+            companion=loss_fn,
+            tensorboard_dir=ctx.stage_dir / "tensorboard",
+        )
+    result.companion = loss_fn
+    return result
 
 
-def teacher_source(
-    settings: DistillSettings, train: TrainConfig, ctx: StageContext
-) -> TeacherLogits | None:
-    """(x, rows) -> teacher logits; cached over the train split when the inputs are fixed."""
-    if not settings.uses_teacher():
-        return None
+def load_teacher(ctx: StageContext) -> nn.Module:
     teacher, _, _ = load_model(ctx.input("teacher").path())
     teacher.to(ctx.device).to(memory_format=torch.channels_last).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    if train.augment != "none" or not settings.cache_teacher:
+    return teacher
+
+
+def teacher_source(
+    teacher: nn.Module | None, ctx: StageContext, cached: bool
+) -> TeacherLogits | None:
+    """(x, rows) -> teacher logits: a live forward pass, or rows of the cached logits."""
+    if teacher is None:
+        return None
+    if not cached:
 
         def live(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
                 return teacher(x)
 
         return live
-
-    cached = _cached_logits(teacher, ctx)
-    return lambda x, rows: cached[rows].to(x.device)
+    logits = _cached_logits(teacher, ctx)
+    return lambda x, rows: logits[rows].to(x.device)
 
 
 def _cached_logits(teacher: nn.Module, ctx: StageContext) -> torch.Tensor:

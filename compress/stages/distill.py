@@ -12,6 +12,7 @@ from compress.distill.train import distill_student
 from compress.models import build_model
 from compress.stages.base import STAGES, StageConfig, StageContext, StageResult, StageSpec
 from compress.stages.common import finish_model, model_spec
+from compress.train.evaluate import evaluate
 
 
 class DistillConfig(DistillSettings, TrainConfig, StageConfig):
@@ -22,9 +23,13 @@ class DistillConfig(DistillSettings, TrainConfig, StageConfig):
 def run(cfg: DistillConfig, ctx: StageContext) -> StageResult:
     spec = model_spec(cfg.student, ctx.data())
     student = build_model(spec)
-    label = f"{ctx.name} {spec.arch} ({cfg.method.name})"
+    label = f"{ctx.name} {spec.arch} ({cfg.method_name()})"
     result = distill_student(student, cfg, cfg, ctx, label)
-    extra = {"method": cfg.method.name}
+    extra: dict = {"method": cfg.method_name()}
+    peers = getattr(result.companion, "peers", None)
+    if peers:  # mutual learning: report the students trained alongside
+        data = ctx.data()
+        extra["peer_top1"] = [evaluate(p, data, data.test, ctx.device)["top1"] for p in peers]
     if "teacher" in ctx.inputs:
         extra["teacher_top1"] = ctx.input("teacher").metrics.get("top1")
     return finish_model(student, spec, ctx, "student", result.history, extra)

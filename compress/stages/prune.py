@@ -95,7 +95,7 @@ def run(cfg: PruneConfig, ctx: StageContext) -> StageResult:
         f"{after_prune['params'] / before['params']:.2f} of params in {len(history)} steps; "
         f"top1 {before['top1']:.4f} -> {after_prune['top1']:.4f} before fine-tuning"
     )
-    fit = distill_student(model, cfg, cfg, ctx, f"{ctx.name} fine-tune ({cfg.method.name})")
+    fit = distill_student(model, cfg, cfg, ctx, f"{ctx.name} fine-tune ({cfg.method_name()})")
     latency = _side_by_side(unpruned, model, ctx, cfg.latency_batch_size)
     extra: dict[str, Any] = {
         "macs": after_prune["macs"],
@@ -105,7 +105,7 @@ def run(cfg: PruneConfig, ctx: StageContext) -> StageResult:
         "params_kept": after_prune["params"] / before["params"],
         "latency_ms": latency,
         "onnxruntime_speedup": latency["pruned"]["throughput"] / latency["unpruned"]["throughput"],
-        "method": cfg.method.name,
+        "method": cfg.method_name(),
     }
     result = finish_model(model, replace(spec, pruned=True), ctx, "student", fit.history, extra)
     result.metrics["top1_change"] = result.metrics["top1"] - before["top1"]
