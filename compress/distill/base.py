@@ -22,13 +22,15 @@ from compress.registry import Registry
 class MethodParams(StrictModel):
     """Base of every method's params; ``name`` selects the method."""
 
-    name: str
+    name: str = Field(description="the registered method")
 
 
 class ClassifierLossParams(MethodParams):
     """Hard-label settings every method that uses cross-entropy shares."""
 
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    label_smoothing: float = Field(
+        0.0, ge=0.0, lt=1.0, description="label smoothing of the hard-label cross-entropy"
+    )
 
 
 @dataclass(frozen=True)

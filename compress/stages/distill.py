@@ -31,7 +31,9 @@ MethodConfig = Annotated[
 
 class DistillConfig(TrainConfig, StageConfig):
     type: Literal["distill"] = "distill"
-    student: ModelConfig = Field(default_factory=lambda: ModelConfig(arch="mobilenet_v2"))
+    student: ModelConfig = Field(
+        default_factory=lambda: ModelConfig(arch="mobilenet_v2"), description="the architecture"
+    )
     method: MethodConfig = Field(  # type: ignore[valid-type]
         default_factory=lambda: METHODS.get("kd").params(),
         description="a method name (kd) or {name: kd, temperature: 4, alpha: 0.5}",
