@@ -69,13 +69,13 @@ def _undecodable(label: str, source: ImageSource) -> list[str]:
 def summary_table(checks: list[DatasetCheck]) -> Table:
     table = Table(title="datasets")
     for column in ("dataset", "status", "where", "classes", "train", "test", "corrupt"):
-        table.add_column(
-            column, justify="right" if column in ("classes", "train", "test") else None
-        )
+        right = column in ("classes", "train", "test", "corrupt")
+        table.add_column(column, justify="right" if right else "left", overflow="fold")
     for c in checks:
         if c.problem is not None:
             status = "missing" if "not found" in c.problem else "[red]unreadable[/]"
             table.add_row(c.name, status, "", "", "", "", "")
+            table.caption = "get a missing one with: compress data fetch NAME"
             continue
         table.add_row(
             c.name,
