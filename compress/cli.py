@@ -162,7 +162,7 @@ def launch(
     write_text(write, script)
     write.chmod(0o755)
     how = f"sbatch {write}" if slurm else f"bash {write}" + ("" if nodes == 1 else " on each node")
-    console.print(f"wrote {write}; run it with: {how}")
+    console.print(f"wrote {write}; run it with: {how}", soft_wrap=True)
 
 
 data_app = typer.Typer(

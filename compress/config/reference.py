@@ -179,7 +179,7 @@ def reference_markdown() -> str:
 
 def _cell(text: str) -> str:
     """Table-safe: a '|' would end the cell, a '<name>' would vanish as an HTML tag."""
-    return text.replace("|", "\\|").replace("<", "&lt;")
+    return re.sub(r"<(?=[A-Za-z/!])", "&lt;", text.replace("|", "\\|"))
 
 
 def missing_descriptions() -> list[str]:
@@ -230,7 +230,7 @@ def _default_text(model: type[BaseModel], key: str, info: FieldInfo) -> str:
         return "required"
     value = info.get_default(call_default_factory=True)
     if isinstance(value, BaseModel):
-        dumped = value.model_dump(mode="json", exclude_defaults=True)
+        dumped = value.model_dump(mode="json", exclude_unset=True)  # what the factory set
         tag = {k: getattr(value, k) for k in ("name", "type") if k in type(value).model_fields}
         dumped = {**tag, **dumped}
         return f"`{_value(dumped)}`" if dumped else "its defaults"
