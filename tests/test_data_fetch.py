@@ -91,12 +91,13 @@ def test_reorganise_refuses_an_unknown_class_and_leaves_val_as_it_was(tmp_path: 
 def test_fetch_from_a_file_url_verifies_unpacks_and_reorganises(tmp_path: Path):
     md5 = zip_tree(make_tiny(tmp_path / "src"), tmp_path / "tiny.zip")
     target = tmp_path / "data"
-    target.mkdir()
+    (target / ".tiny-imagenet-200.unpacking.killed" / "tiny-imagenet-200").mkdir(parents=True)
 
     folder = fetch_tiny_imagenet(target, (tmp_path / "tiny.zip").as_uri(), md5=md5)
 
     assert folder == target / "tiny-imagenet-200"
-    assert sorted(p.name for p in target.iterdir()) == ["tiny-imagenet-200"]  # zip, temp gone
+    # the downloaded zip, this fetch's temp folder and a killed fetch's are all gone
+    assert sorted(p.name for p in target.iterdir()) == ["tiny-imagenet-200"]
     assert not (folder / "val" / "val_annotations.txt").exists()
     train, val = DATASETS.get("tiny-imagenet").load(target, False)
     assert (len(train), len(val)) == (6, 5) and train.classes == ["goldfish", "eft"]

@@ -207,6 +207,8 @@ def md5_file(path: Path, chunk: int = 1 << 20) -> str:
 
 def unpack_zip(archive: Path, target: Path, folder: str) -> None:
     """Unpack ``archive``'s top-level ``folder`` to ``target/folder`` with one final rename."""
+    for stale in target.glob(f".{folder}.unpacking.*"):  # left by a killed fetch
+        shutil.rmtree(stale, ignore_errors=True)
     with tempfile.TemporaryDirectory(prefix=f".{folder}.unpacking.", dir=target) as tmp:
         try:
             with zipfile.ZipFile(archive) as zf:
