@@ -31,14 +31,16 @@ class PipelineSettings(StrictModel):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
         description="run name; the default run directory is runs/<name>/",
     )
-    description: str = ""
-    seed: int = Field(0, ge=0)
+    description: str = Field("", description="free text, kept in the manifest")
+    seed: int = Field(0, ge=0, description="seeds weights, shuffling, augmentation and splits")
     deterministic: bool = Field(
         False, description="deterministic kernels: same seed, same metrics (slower)"
     )
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where stages train and evaluate; auto: cuda when available"
+    )
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: all cores")
-    data: DataConfig = Field(default_factory=DataConfig)
+    data: DataConfig = Field(default_factory=DataConfig, description="the dataset every stage uses")
 
     @model_validator(mode="after")
     def _check_stage_inputs(self) -> PipelineSettings:

@@ -24,7 +24,7 @@ from compress.registry import Registry
 class MethodParams(StrictModel):
     """Base of every method's params; ``name`` selects the method."""
 
-    name: str
+    name: str = Field(description="the registered method")
     weight: float = Field(1.0, ge=0.0, description="weight of this method's loss in a mix")
 
     def layers(self) -> tuple[list[str], list[str]]:

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 
 class StageConfig(StrictModel):
-    type: str
+    type: str = Field(description="registered stage type; two stages of one type need it")
     input: str | None = Field(
         None, description="stage whose output this stage takes; default: nearest earlier one"
     )

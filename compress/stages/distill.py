@@ -17,7 +17,9 @@ from compress.train.evaluate import evaluate
 
 class DistillConfig(DistillSettings, TrainConfig, StageConfig):
     type: Literal["distill"] = "distill"
-    student: ModelConfig = Field(default_factory=lambda: ModelConfig(arch="mobilenet_v2"))
+    student: ModelConfig = Field(
+        default_factory=lambda: ModelConfig(arch="mobilenet_v2"), description="the architecture"
+    )
 
 
 def run(cfg: DistillConfig, ctx: StageContext) -> StageResult:

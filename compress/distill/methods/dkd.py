@@ -30,7 +30,7 @@ class DKDParams(FeatureLossParams):
     name: Literal["dkd"] = "dkd"
     alpha: float = Field(1.0, ge=0.0, description="weight of the target-class part (TCKD)")
     beta: float = Field(8.0, ge=0.0, description="weight of the non-target part (NCKD)")
-    temperature: float = Field(4.0, gt=0.0)
+    temperature: float = Field(4.0, gt=0.0, description="softening temperature T")
 
 
 def dkd_parts(

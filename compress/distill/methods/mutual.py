@@ -25,7 +25,7 @@ from compress.distill.methods.kd import kd_divergence
 class MutualParams(ClassifierLossParams):
     name: Literal["mutual"] = "mutual"
     peers: int = Field(1, ge=1, le=7, description="extra students trained alongside")
-    temperature: float = Field(1.0, gt=0.0)
+    temperature: float = Field(1.0, gt=0.0, description="softening temperature T")
 
 
 def fresh_copy(model: nn.Module) -> nn.Module:

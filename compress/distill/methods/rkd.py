@@ -33,8 +33,8 @@ class RKDParams(FeatureLossParams):
         default_factory=lambda: LayerPair(student="features", teacher="layer4"),
         description="layers whose pooled outputs are the embeddings",
     )
-    distance_weight: float = Field(25.0, ge=0.0)
-    angle_weight: float = Field(50.0, ge=0.0)
+    distance_weight: float = Field(25.0, ge=0.0, description="weight of the distance term")
+    angle_weight: float = Field(50.0, ge=0.0, description="weight of the angle term")
 
     def layers(self) -> tuple[list[str], list[str]]:
         return [self.pair.student], [self.pair.teacher]

@@ -26,7 +26,7 @@ from compress.distill.methods.kd import kd_divergence
 class SelfParams(ClassifierLossParams):
     name: Literal["self"] = "self"
     decay: float = Field(0.999, gt=0.0, lt=1.0, description="EMA decay (after warm-up)")
-    temperature: float = Field(4.0, gt=0.0)
+    temperature: float = Field(4.0, gt=0.0, description="softening temperature T")
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the hard-label CE")
 
 
