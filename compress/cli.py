@@ -45,6 +45,11 @@ def run(
     console.print(f"[bold]compress run[/] {pipeline} -> {target}/")
     manifest = run_pipeline(config, target, force=force)
     write_text(target / "summary.md", summary_markdown(manifest))
+    if config.grid is not None:
+        from compress.compare.report import write_compare_report
+
+        for path in write_compare_report(manifest):
+            console.print(f"comparison: {path}")
     console.print(summary_table(manifest))
     console.print(f"manifest: {target / 'manifest.json'}   summary: {target / 'summary.md'}")
 

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from compress.compare.grid import expand_grid
 from compress.config.pipeline import PipelineSettings, global_keys, pipeline_model, stage_types
 from compress.errors import ConfigError, did_you_mean
 
@@ -40,7 +41,7 @@ def parse_pipeline(
         apply_override(raw, override)
     model = pipeline_model()
     try:
-        return model.model_validate(split_stages(raw))
+        return model.model_validate(expand_grid(split_stages(raw)))
     except ValidationError as exc:
         raise ConfigError("\n".join(format_errors(exc, model, raw))) from None
 

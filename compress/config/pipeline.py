@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import Field, create_model, model_validator
 
+from compress.compare.grid import GridConfig
 from compress.config.base import DataConfig, StrictModel
 
 
@@ -41,6 +42,9 @@ class PipelineSettings(StrictModel):
     )
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: all cores")
     data: DataConfig = Field(default_factory=DataConfig, description="the dataset every stage uses")
+    grid: GridConfig | None = Field(
+        None, description="compare methods x seeds, and sweeps of T and alpha (see Comparisons)"
+    )
 
     @model_validator(mode="after")
     def _check_stage_inputs(self) -> PipelineSettings:

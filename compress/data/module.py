@@ -160,17 +160,21 @@ class DataModule:
         return (images.float() / 255.0 - mean) / std
 
     def train_batches(
-        self, epoch: int, batch_size: int, augment: str, skip: int = 0
+        self, epoch: int, batch_size: int, augment: str, skip: int = 0, seed: int | None = None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Shuffled (x, y, row) batches for one epoch; the last partial batch is dropped."""
+        """Shuffled (x, y, row) batches for one epoch; the last partial batch is dropped.
+
+        ``seed`` (default: the data seed) changes the order and augmentation, not the split.
+        """
         n = len(self.train)
-        order = torch.randperm(n, generator=_gen(self.seed, 1000 + epoch))
+        seed = self.seed if seed is None else seed
+        order = torch.randperm(n, generator=_gen(seed, 1000 + epoch))
         n_batches = max(1, n // batch_size)
         for b in range(skip, n_batches):
             rows = order[b * batch_size : (b + 1) * batch_size]
             x = self.normalize(self._images(self.train, rows))
             if augment != "none":
-                x = augment_batch(x, augment, _gen(self.seed, 10**6 + epoch * 10**5 + b))
+                x = augment_batch(x, augment, _gen(seed, 10**6 + epoch * 10**5 + b))
             yield x, self.train.labels[rows], rows
 
     def steps_per_epoch(self, batch_size: int) -> int:

@@ -36,7 +36,12 @@ def build_loss(
 
 
 def distill_student(
-    student: nn.Module, settings: DistillSettings, train: TrainConfig, ctx: StageContext, label: str
+    student: nn.Module,
+    settings: DistillSettings,
+    train: TrainConfig,
+    ctx: StageContext,
+    label: str,
+    seed: int | None = None,
 ) -> FitResult:
     """Train ``student`` in place from the stage's teacher input with ``settings.method``."""
     data = ctx.data()
@@ -76,6 +81,7 @@ def distill_student(
             augment=train.augment,
             companion=loss_fn,
             tensorboard_dir=ctx.stage_dir / "tensorboard",
+            seed=seed,
         )
     result.companion = loss_fn
     return result

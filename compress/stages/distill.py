@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 from pydantic import Field
 
 from compress.config.base import ModelConfig, TrainConfig
@@ -20,14 +21,19 @@ class DistillConfig(DistillSettings, TrainConfig, StageConfig):
     student: ModelConfig = Field(
         default_factory=lambda: ModelConfig(arch="mobilenet_v2"), description="the architecture"
     )
+    seed: int | None = Field(
+        None, ge=0, description="student init and batch order seed; default: the pipeline's"
+    )
 
 
 def run(cfg: DistillConfig, ctx: StageContext) -> StageResult:
     spec = model_spec(cfg.student, ctx.data())
+    if cfg.seed is not None:
+        torch.manual_seed(cfg.seed)
     student = build_model(spec)
     label = f"{ctx.name} {spec.arch} ({cfg.method_name()})"
-    result = distill_student(student, cfg, cfg, ctx, label)
-    extra: dict = {"method": cfg.method_name()}
+    result = distill_student(student, cfg, cfg, ctx, label, seed=cfg.seed)
+    extra: dict = {"method": cfg.method_name(), "seed": cfg.seed}
     peers = getattr(result.companion, "peers", None)
     if peers:  # mutual learning: report the students trained alongside
         data = ctx.data()

@@ -49,6 +49,7 @@ def fit(
     augment: str,
     companion: nn.Module | None = None,
     tensorboard_dir: Path | None = None,
+    seed: int | None = None,
 ) -> FitResult:
     """Train ``model`` in place; on return it holds the selected (last or best-val) weights.
 
@@ -78,7 +79,7 @@ def fit(
         while epoch < cfg.epochs:
             seen = correct = 0
             loss_sum, started = 0.0, time.perf_counter()
-            batches = data.train_batches(epoch, batch_size, augment, skip=skip)
+            batches = data.train_batches(epoch, batch_size, augment, skip=skip, seed=seed)
             for step, (x, y, rows) in enumerate(batches, start=skip):
                 global_step = epoch * steps_per_epoch + step
                 set_lr(optimizer, cfg.lr * lr_factor(global_step, cfg, steps_per_epoch))

@@ -1,0 +1,1 @@
+"""Comparison grids: methods x seeds (and temperature / alpha sweeps) from one pipeline file."""

@@ -1,0 +1,90 @@
+"""Expand a pipeline's ``grid`` block into one distill stage per cell.
+
+    grid:
+      template: distill            # the distill stage every cell copies
+      seeds: [0, 1, 2]
+      methods: [baseline, kd, {name: fitnets, hint_weight: 2}, ...]
+      temperatures: [1, 2, 4, 8]   # kd at each T (sweep_method), alpha from the template
+      alphas: [0.1, 0.5, 0.9]
+
+Cells are ordinary stages named ``<template>-<label>-s<seed>`` (``-T4-``, ``-a0.5-`` for the
+sweeps), so the runner's skip and resume work per cell, and the one teacher stage is shared.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, ValidationError
+
+from compress.config.base import StrictModel
+from compress.errors import ConfigError
+
+
+class GridConfig(StrictModel):
+    """Which cells to run; results are tabled and plotted by ``compress.compare.report``."""
+
+    template: str = Field("distill", description="the distill stage each cell copies")
+    seeds: list[int] = Field(
+        default_factory=lambda: [0, 1, 2],
+        min_length=1,
+        description="one cell per seed for every method and sweep value",
+    )
+    methods: list[Any] = Field(
+        default_factory=list, description="methods to compare (names or method blocks)"
+    )
+    temperatures: list[float] = Field(
+        default_factory=list, description="sweep sweep_method's temperature over these values"
+    )
+    alphas: list[float] = Field(
+        default_factory=list, description="sweep sweep_method's alpha over these values"
+    )
+    sweep_method: str = Field("kd", description="the method the T and alpha sweeps use")
+
+
+def expand_grid(split: dict[str, Any]) -> dict[str, Any]:
+    """``split`` (globals + ``stages``) with the template stage replaced by the grid's cells."""
+    raw_grid = split.get("grid")
+    if raw_grid is None:
+        return split
+    try:
+        grid = GridConfig.model_validate(raw_grid)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in ("grid", *first["loc"]))
+        raise ConfigError(f"{where}: {first['msg']}") from None
+    stages: dict[str, Any] = split["stages"]
+    template = stages.get(grid.template)
+    if not isinstance(template, dict) or template.get("type") != "distill":
+        raise ConfigError(f"grid.template: no distill stage named '{grid.template}' to copy")
+    expanded: dict[str, Any] = {}
+    for name, stage in stages.items():
+        if name != grid.template:
+            expanded[name] = stage
+            continue
+        for label, method in cells(grid, template):
+            for seed in grid.seeds:
+                expanded[f"{name}-{label}-s{seed}"] = {**template, "method": method, "seed": seed}
+    return {**split, "stages": expanded}
+
+
+def cells(grid: GridConfig, template: dict[str, Any]) -> list[tuple[str, Any]]:
+    """(label, method block) for every method and sweep value."""
+    out: list[tuple[str, Any]] = []
+    seen: dict[str, int] = {}
+    for method in grid.methods:
+        name = method if isinstance(method, str) else str(method.get("name", "method"))
+        if isinstance(method, dict) and method.get("name") == "mix":
+            name = "mix-" + "+".join(str(p.get("name", "?")) for p in method.get("parts", []))
+        seen[name] = seen.get(name, 0) + 1
+        out.append((name if seen[name] == 1 else f"{name}{seen[name]}", method))
+    base = template.get("method", grid.sweep_method)
+    base = dict(base) if isinstance(base, dict) and base.get("name") == grid.sweep_method else {}
+    base["name"] = grid.sweep_method
+    out += [(f"T{_num(t)}", {**base, "temperature": t}) for t in grid.temperatures]
+    out += [(f"a{_num(a)}", {**base, "alpha": a}) for a in grid.alphas]
+    return out
+
+
+def _num(value: float) -> str:
+    return f"{value:g}"

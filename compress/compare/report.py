@@ -1,0 +1,225 @@
+"""Tables and plots of a comparison grid: which method, and how much it buys over the baseline.
+
+Top-1 is the held-out test split's, of the checkpoint each cell kept without looking at it
+(``select: last`` or ``best_val``). Mean and sample standard deviation are over seeds.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from compress.io import atomic_path, write_text
+from compress.manifest import Manifest
+
+
+def cell_results(manifest: Manifest) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    """The grid config and, per cell label, one record per seed (top1, params, method)."""
+    config = manifest.data["pipeline"]["config"]
+    grid = config["grid"]
+    prefix = grid["template"] + "-"
+    cells: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for name, entry in manifest.stages.items():
+        if not name.startswith(prefix) or entry.get("status") != "done":
+            continue
+        label, _, seed = name[len(prefix) :].rpartition("-s")
+        metrics = entry["metrics"]
+        cells[label].append({"seed": int(seed), "top1": metrics["top1"],
+                             "params": metrics.get("params"),
+                             "method": config["stages"][name]["method"]})  # fmt: skip
+    return grid, cells
+
+
+def _summary(records: list[dict[str, Any]]) -> tuple[float, float, int]:
+    values = [100 * r["top1"] for r in records]
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return statistics.fmean(values), std, len(values)
+
+
+def methods_table(manifest: Manifest) -> list[dict[str, Any]]:
+    """Ranked rows: method, mean, std, seeds, gain vs baseline (points), params."""
+    _, cells = cell_results(manifest)
+    method_labels = [label for label in cells if not _is_sweep(label)]
+    baseline = _summary(cells["baseline"])[0] if "baseline" in cells else None
+    rows = []
+    for label in method_labels:
+        mean, std, n = _summary(cells[label])
+        gain = None if baseline is None else mean - baseline
+        rows.append({"method": label, "top1_mean": mean, "top1_std": std, "seeds": n,
+                     "gain_vs_baseline": gain, "params": cells[label][0]["params"]})  # fmt: skip
+    rows.sort(key=lambda r: -r["top1_mean"])
+    teacher = next((e for e in manifest.stages.values() if e["type"] == "teacher"), None)
+    if teacher and teacher.get("status") == "done":
+        top1 = 100 * teacher["metrics"]["top1"]
+        gain = None if baseline is None else top1 - baseline
+        params = teacher["metrics"].get("params")
+        rows.insert(0, {"method": "teacher", "top1_mean": top1, "top1_std": 0.0, "seeds": 1,
+                        "gain_vs_baseline": gain, "params": params})  # fmt: skip
+    return rows
+
+
+def sweep_table(manifest: Manifest, key: str) -> list[dict[str, Any]]:
+    """Accuracy per value of ``key`` (temperature or alpha) over the sweep_method cells whose
+    other settings equal the sweep's (so a kd cell at the base T counts in the alpha sweep)."""
+    _, cells = cell_results(manifest)
+    prefix = {"temperature": "T", "alpha": "a"}[key]
+    sweep = [records for label, records in cells.items() if _is_sweep(label) and label[0] == prefix]
+    if not sweep:
+        return []
+    reference = {k: v for k, v in sweep[0][0]["method"].items() if k != key}
+    by_value: dict[float, list[dict[str, Any]]] = defaultdict(list)
+    for records in cells.values():
+        method = records[0]["method"]
+        if {k: v for k, v in method.items() if k != key} == reference:
+            by_value[float(method[key])].extend(records)
+    rows = []
+    for value in sorted(by_value):
+        mean, std, n = _summary(by_value[value])
+        rows.append({key: value, "top1_mean": mean, "top1_std": std, "seeds": n})
+    return rows
+
+
+def _is_sweep(label: str) -> bool:
+    return (label[:1] in ("T", "a")) and _is_number(label[1:])
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def teacher_entropy(manifest: Manifest, temperatures: list[float]) -> dict[float, float]:
+    """Mean entropy (nats) of the teacher's softened test-set predictions at each temperature."""
+    from compress.config.base import DataConfig
+    from compress.data.module import get_data
+    from compress.models import load_model
+    from compress.train.evaluate import predict
+
+    teacher = next(e for e in manifest.stages.values() if e["type"] == "teacher")
+    model, _, _ = load_model(manifest.run_dir / teacher["artifacts"]["model"]["path"])
+    config = manifest.data["pipeline"]["config"]
+    data = get_data(DataConfig.model_validate(config["data"]), config["seed"])
+    logits = predict(model, data, data.test, torch.device("cpu"))
+    out = {}
+    for t in temperatures:
+        p = torch.softmax(logits / t, dim=1)
+        out[t] = float(-(p * p.clamp_min(1e-12).log()).sum(1).mean())
+    return out
+
+
+def _markdown(rows: list[dict[str, Any]], title: str) -> str:
+    if not rows:
+        return f"## {title}\n\n(no cells)\n"
+    keys = list(rows[0])
+    lines = [f"## {title}", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(k, row[k]) for k in keys) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(key: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if key == "top1_mean":
+        return f"{value:.2f}%"
+    if key in ("top1_std", "gain_vs_baseline"):
+        return f"{value:+.2f}" if key == "gain_vs_baseline" else f"±{value:.2f}"
+    if key == "params":
+        return f"{value / 1e6:.2f}M"
+    if isinstance(value, float) and not math.isnan(value):
+        return f"{value:g}" if key in ("temperature", "alpha") else f"{value:.3f}"
+    return str(value)
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return out.getvalue()
+
+
+def write_compare_report(manifest: Manifest) -> list[Path]:
+    """methods/temperature/alpha tables (Markdown + CSV) and PNG plots under RUN/compare/."""
+    out_dir = manifest.run_dir / "compare"
+    grid, _ = cell_results(manifest)
+    methods = methods_table(manifest)
+    temperature = sweep_table(manifest, "temperature") if grid["temperatures"] else []
+    if temperature:
+        entropy = teacher_entropy(manifest, [r["temperature"] for r in temperature])
+        for row in temperature:
+            row["teacher_entropy_nats"] = entropy[row["temperature"]]
+    alpha = sweep_table(manifest, "alpha") if grid["alphas"] else []
+    written = []
+    for stem, rows, title in (("methods", methods, "Methods (test top-1 over seeds)"),
+                              ("temperature", temperature, "KD temperature"),
+                              ("alpha", alpha, "KD alpha")):  # fmt: skip
+        if not rows:
+            continue
+        for suffix, text in ((".md", _markdown(rows, title)), (".csv", _csv(rows))):
+            write_text(out_dir / f"{stem}{suffix}", text)
+            written.append(out_dir / f"{stem}{suffix}")
+    written += _plots(out_dir, methods, temperature, alpha)
+    return written
+
+
+def _plots(out_dir: Path, methods, temperature, alpha) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    if methods:
+        fig, ax = plt.subplots(figsize=(8, 4))
+        names = [r["method"] for r in methods]
+        colors = ["#888" if n == "teacher" else "#3b75af" for n in names]
+        means, stds = [r["top1_mean"] for r in methods], [r["top1_std"] for r in methods]
+        ax.bar(names, means, yerr=stds, capsize=4, color=colors)
+        low = min(r["top1_mean"] - r["top1_std"] for r in methods)
+        ax.set_ylim(max(0.0, low - 2), min(100.0, max(r["top1_mean"] for r in methods) + 1.5))
+        ax.set_ylabel("test top-1 (%), mean ± std over seeds")
+        ax.set_title("Distillation methods")
+        ax.tick_params(axis="x", rotation=35)
+        fig.tight_layout()
+        paths.append(_save(fig, out_dir / "methods.png"))
+    for rows, key, label in ((temperature, "temperature", "KD temperature T"),
+                             (alpha, "alpha", "KD alpha (weight of hard labels)")):  # fmt: skip
+        if not rows:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4))
+        xs = [r[key] for r in rows]
+        ax.errorbar(xs, [r["top1_mean"] for r in rows], yerr=[r["top1_std"] for r in rows],
+                    marker="o", capsize=4, label="student top-1")  # fmt: skip
+        ax.set_xlabel(label)
+        ax.set_ylabel("test top-1 (%)")
+        if key == "temperature":
+            ax.set_xscale("log", base=2)
+            if rows[0].get("teacher_entropy_nats") is not None:
+                twin = ax.twinx()
+                twin.plot(xs, [r["teacher_entropy_nats"] for r in rows], "s--", color="#c44")
+                twin.set_ylabel("teacher soft-label entropy (nats)", color="#c44")
+        ax.set_title(f"Accuracy vs {key}")
+        fig.tight_layout()
+        paths.append(_save(fig, out_dir / f"{key}.png"))
+    return paths
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path
