@@ -12,6 +12,7 @@ import fcntl
 import os
 import random
 import time
+import zlib
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -63,6 +64,9 @@ def run_pipeline(pipeline: PipelineSettings, run_dir: Path, force: bool = False)
                 name, pipeline, run_dir, stage_dir, inputs, fingerprint, device, manifest.data
             )
             started = time.perf_counter()
+            # each stage starts from its own seed, so skipping or resuming earlier stages
+            # cannot change what this one draws (model init, dropout)
+            torch.manual_seed(pipeline.seed * 1_000_003 + zlib.crc32(name.encode()))
             try:
                 result = spec.run(cfg, ctx)
             except BaseException as exc:

@@ -77,8 +77,10 @@ def fit(
         task = bars.add_task(label, total=cfg.epochs * steps_per_epoch, stats="")
         bars.update(task, completed=epoch * steps_per_epoch + skip)
         while epoch < cfg.epochs:
-            seen = correct = 0
-            loss_sum, started = 0.0, time.perf_counter()
+            # running sums of this epoch; a mid-epoch resume continues them
+            run = state.pop("running", None) if skip else None
+            run = run or {"seen": 0, "correct": 0, "loss_sum": 0.0, "seconds": 0.0}
+            started = time.perf_counter() - run["seconds"]
             batches = data.train_batches(epoch, batch_size, augment, skip=skip, seed=seed)
             for step, (x, y, rows) in enumerate(batches, start=skip):
                 global_step = epoch * steps_per_epoch + step
@@ -94,13 +96,14 @@ def fit(
                 loss.backward()
                 optimizer.step()
 
-                seen += len(y)
-                correct += (logits.detach().argmax(1) == y).sum().item()
-                loss_sum += loss.item() * len(y)
-                rate = seen / max(1e-9, time.perf_counter() - started)
+                run["seen"] += len(y)
+                run["correct"] += (logits.detach().argmax(1) == y).sum().item()
+                run["loss_sum"] += loss.item() * len(y)
+                run["seconds"] = time.perf_counter() - started
+                rate = run["seen"] / max(1e-9, run["seconds"])
                 stats = (
-                    f"ep {epoch + 1}/{cfg.epochs} loss {loss_sum / seen:.3f} "
-                    f"acc {correct / seen:.3f} {rate:,.0f} img/s"
+                    f"ep {epoch + 1}/{cfg.epochs} loss {run['loss_sum'] / run['seen']:.3f} "
+                    f"acc {run['correct'] / run['seen']:.3f} {rate:,.0f} img/s"
                 )
                 bars.update(task, advance=1, stats=stats)
                 if writer and global_step % 10 == 0:
@@ -109,15 +112,15 @@ def fit(
                 every = cfg.checkpoint_every_steps
                 if every and (step + 1) % every == 0 and step + 1 < steps_per_epoch:
                     _save(checkpoint, fingerprint, model, companion, optimizer, epoch, step + 1,
-                          result.history, best)  # fmt: skip
+                          result.history, best, run)  # fmt: skip
 
             record = {
                 "epoch": epoch + 1,
-                "loss": loss_sum / max(1, seen),
-                "train_top1": correct / max(1, seen),
+                "loss": run["loss_sum"] / max(1, run["seen"]),
+                "train_top1": run["correct"] / max(1, run["seen"]),
                 "lr": optimizer.param_groups[0]["lr"],
                 "seconds": time.perf_counter() - started,
-                "images_per_s": seen / max(1e-9, time.perf_counter() - started),
+                "images_per_s": run["seen"] / max(1e-9, time.perf_counter() - started),
             }
             if data.val is not None:
                 record["val_top1"] = evaluate(model, data, data.val, device)["top1"]
@@ -131,7 +134,7 @@ def fit(
                     writer.add_scalar(f"epoch/{key}", value, epoch + 1)
             epoch, skip = epoch + 1, 0
             _save(checkpoint, fingerprint, model, companion, optimizer, epoch, 0,
-                  result.history, best)  # fmt: skip
+                  result.history, best, None)  # fmt: skip
 
     if writer:
         writer.close()
@@ -167,6 +170,7 @@ def _save(
     step_in_epoch: int,
     history: list[dict[str, float]],
     best: dict[str, Any],
+    running: dict[str, float] | None,
 ) -> None:
     save_torch(
         {
@@ -178,6 +182,7 @@ def _save(
             "step_in_epoch": step_in_epoch,
             "history": history,
             "best": best,
+            "running": running,
             "torch_rng": torch.get_rng_state(),
         },
         path,
