@@ -1,0 +1,239 @@
+"""Prepared splits and batches: decode and resize once, then batch from memory.
+
+On a 2-core machine the per-sample Dataset/DataLoader path costs more than the model for small
+images, so by default every split is decoded and resized once into a uint8 tensor; batches are
+normalised and augmented as whole tensors. Shuffling and augmentation draw from generators
+seeded by (seed, epoch, batch), so a resumed epoch sees exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from compress.config.base import DataConfig
+from compress.data.datasets import DATASETS, ImageSource
+from compress.errors import DataError
+
+MEMORY_CACHE_LIMIT = 4 << 30  # bytes of uint8 pixels kept in RAM under cache: auto
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """What a consumer must do to an image before the model sees it (stored in the ONNX file)."""
+
+    size: int
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def metadata(self) -> dict:
+        return {
+            "size": [self.size, self.size],
+            "channels": self.channels,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "interpolation": "bilinear",
+            "scale": 255,
+        }
+
+
+@dataclass
+class Split:
+    """Images as uint8 N x C x H x W (already resized), or a source decoded per batch."""
+
+    labels: torch.Tensor
+    images: torch.Tensor | None = None
+    source: ImageSource | None = None
+    indices: torch.Tensor | None = None  # rows of ``source`` when streaming
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def head(self, n: int) -> Split:
+        """The first ``n`` images (all of them when n is 0 or larger than the split)."""
+        if not n or n >= len(self):
+            return self
+        return Split(
+            labels=self.labels[:n],
+            images=None if self.images is None else self.images[:n],
+            source=self.source,
+            indices=None if self.indices is None else self.indices[:n],
+        )
+
+
+def resize_uint8(images: torch.Tensor, size: int, channels: int) -> torch.Tensor:
+    """Bilinear (antialiased) resize and channel conversion of a uint8 NCHW batch."""
+    if images.shape[1] != channels:
+        if channels == 3:
+            images = images.expand(-1, 3, -1, -1)
+        else:
+            weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+            images = (images.float() * weights).sum(1, keepdim=True).round().to(torch.uint8)
+    if images.shape[-2:] != (size, size):
+        resized = F.interpolate(
+            images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
+        images = resized.round().clamp(0, 255).to(torch.uint8)
+    return images.contiguous()
+
+
+class DataModule:
+    """The splits of one data config: train (minus val), val, test."""
+
+    def __init__(self, cfg: DataConfig, seed: int) -> None:
+        info = DATASETS.get(cfg.dataset)
+        self.cfg = cfg
+        self.seed = seed
+        channels = cfg.channels or info.channels
+        mean = tuple(cfg.mean) if cfg.mean else info.mean
+        std = tuple(cfg.std) if cfg.std else info.std
+        if len(mean) != channels:  # dataset defaults for a different channel count
+            mean, std = (sum(mean) / len(mean),) * channels, (sum(std) / len(std),) * channels
+        self.preprocess = Preprocess(cfg.image_size or info.image_size, channels, mean, std)
+
+        train_source, test_source = info.load(cfg.root, cfg.download)
+        self.classes = list(train_source.classes)
+        order = torch.randperm(len(train_source), generator=_gen(seed, 7))
+        if cfg.train_subset:
+            order = order[: cfg.train_subset]
+        n_val = int(round(len(order) * cfg.val_split))
+        test_rows = torch.arange(len(test_source))
+        if cfg.test_subset and cfg.test_subset < len(test_source):
+            test_rows = torch.randperm(len(test_source), generator=_gen(seed, 11))
+            test_rows = test_rows[: cfg.test_subset].sort().values
+        self.train = self._split(train_source, order[n_val:])
+        self.val = self._split(train_source, order[:n_val]) if n_val else None
+        self.test = self._split(test_source, test_rows)
+        if len(self.train) == 0:
+            raise DataError("the training split is empty; check data.train_subset / val_split")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    # ------------------------------------------------------------------ preparation
+
+    def _split(self, source: ImageSource, rows: torch.Tensor) -> Split:
+        labels = source.labels[rows]
+        size, channels = self.preprocess.size, self.preprocess.channels
+        if self._stream(len(rows)):
+            return Split(labels=labels, source=source, indices=rows)
+        if source.array is not None:
+            images = torch.cat(
+                [resize_uint8(source.array[rows[i : i + 4096]], size, channels)
+                 for i in range(0, len(rows), 4096)]
+            )  # fmt: skip
+        else:
+            images = torch.empty(len(rows), channels, size, size, dtype=torch.uint8)
+            for start, chunk in self._decode(source, rows):
+                images[start : start + len(chunk)] = chunk
+        return Split(labels=labels, images=images)
+
+    def _stream(self, n: int) -> bool:
+        if self.cfg.cache == "auto":
+            p = self.preprocess
+            return n * p.channels * p.size * p.size > MEMORY_CACHE_LIMIT
+        return self.cfg.cache == "stream"
+
+    def _decode(self, source: ImageSource, rows: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+        loader = torch.utils.data.DataLoader(
+            _Decoded(source, rows, self.preprocess.size, self.preprocess.channels),
+            batch_size=256,
+            num_workers=self.cfg.workers,
+        )
+        start = 0
+        for images, _ in loader:
+            yield start, images
+            start += len(images)
+
+    # ------------------------------------------------------------------ batches
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.preprocess.mean).view(1, -1, 1, 1)
+        std = torch.tensor(self.preprocess.std).view(1, -1, 1, 1)
+        return (images.float() / 255.0 - mean) / std
+
+    def train_batches(
+        self, epoch: int, batch_size: int, augment: str, skip: int = 0
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Shuffled (x, y, row) batches for one epoch; the last partial batch is dropped."""
+        n = len(self.train)
+        order = torch.randperm(n, generator=_gen(self.seed, 1000 + epoch))
+        n_batches = max(1, n // batch_size)
+        for b in range(skip, n_batches):
+            rows = order[b * batch_size : (b + 1) * batch_size]
+            x = self.normalize(self._images(self.train, rows))
+            if augment != "none":
+                x = augment_batch(x, augment, _gen(self.seed, 10**6 + epoch * 10**5 + b))
+            yield x, self.train.labels[rows], rows
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return max(1, len(self.train) // batch_size)
+
+    def eval_batches(
+        self, split: Split, batch_size: int | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Unshuffled, unaugmented (x, y, row) batches of a split, every image once."""
+        bs = batch_size or self.cfg.eval_batch_size
+        for start in range(0, len(split), bs):
+            rows = torch.arange(start, min(start + bs, len(split)))
+            yield self.normalize(self._images(split, rows)), split.labels[rows], rows
+
+    def _images(self, split: Split, rows: torch.Tensor) -> torch.Tensor:
+        if split.images is not None:
+            return split.images[rows]
+        assert split.source is not None and split.indices is not None
+        p = self.preprocess
+        return torch.stack(
+            [
+                resize_uint8(split.source.load(int(i)).unsqueeze(0), p.size, p.channels)[0]
+                for i in split.indices[rows]
+            ]
+        )
+
+
+class _Decoded(torch.utils.data.Dataset):
+    def __init__(self, source: ImageSource, rows: torch.Tensor, size: int, channels: int) -> None:
+        self.source, self.rows, self.size, self.channels = source, rows, size, channels
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        image = self.source.load(int(self.rows[i])).unsqueeze(0)
+        return resize_uint8(image, self.size, self.channels)[0], i
+
+
+def augment_batch(x: torch.Tensor, kind: str, gen: torch.Generator) -> torch.Tensor:
+    """Horizontal flip, plus pad-by-1/8-and-random-crop for 'standard', on a whole batch."""
+    n, _, h, w = x.shape
+    if kind == "standard":
+        pad = max(1, h // 8)
+        padded = F.pad(x, (pad, pad, pad, pad))  # zeros = the mean colour after normalising
+        oy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+        ox = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+        rows = (oy[:, None] + torch.arange(h))[:, :, None]
+        cols = (ox[:, None] + torch.arange(w))[:, None, :]
+        x = padded[torch.arange(n)[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
+    flip = torch.rand(n, generator=gen) < 0.5
+    return torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x).contiguous()
+
+
+def _gen(seed: int, stream: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + stream)
+
+
+_CACHE: dict[str, DataModule] = {}
+
+
+def get_data(cfg: DataConfig, seed: int) -> DataModule:
+    """One DataModule per (data config, seed) per process, so stages share decoded images."""
+    key = cfg.model_dump_json() + f"|{seed}"
+    if key not in _CACHE:
+        _CACHE.clear()
+        _CACHE[key] = DataModule(cfg, seed)
+    return _CACHE[key]
