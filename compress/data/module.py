@@ -100,7 +100,7 @@ class DataModule:
         order = torch.randperm(len(train_source), generator=_gen(seed, 7))
         if cfg.train_subset:
             order = order[: cfg.train_subset]
-        n_val = int(round(len(order) * cfg.val_split))
+        n_val = round(len(order) * cfg.val_split)
         test_rows = torch.arange(len(test_source))
         if cfg.test_subset and cfg.test_subset < len(test_source):
             test_rows = torch.randperm(len(test_source), generator=_gen(seed, 11))
@@ -139,7 +139,9 @@ class DataModule:
             return n * p.channels * p.size * p.size > MEMORY_CACHE_LIMIT
         return self.cfg.cache == "stream"
 
-    def _decode(self, source: ImageSource, rows: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+    def _decode(
+        self, source: ImageSource, rows: torch.Tensor
+    ) -> Iterator[tuple[int, torch.Tensor]]:
         loader = torch.utils.data.DataLoader(
             _Decoded(source, rows, self.preprocess.size, self.preprocess.channels),
             batch_size=256,
