@@ -8,8 +8,8 @@ convention of papers and of fvcore/thop). Two counters that agree on the same ne
   ``Conv`` (and the int8 ``ConvInteger``/``QLinearConv``) cost output elements x (C_in / groups) x
   kernel area, ``Gemm``/``MatMul`` (and integer variants) output elements x the shared dimension.
   Only the top-level graph is counted (If/Loop bodies are not).
-- Our model.pt files: ``torch.utils.flop_counter.FlopCounterMode`` on one forward pass; it counts
-  the same convolutions and matrix products as FLOPs = 2 x MACs.
+- Our model.pt files: forward hooks on every ``Conv2d`` and ``Linear`` during one forward pass
+  (the same formulas; our architectures have no other matrix products).
 
 Parameters: for ONNX, elements of floating-point and 8-bit initializers (shape constants are
 int64 and excluded; exported BatchNorm is usually folded into the convolution, so the count can be
@@ -48,14 +48,29 @@ def model_facts(path: Path) -> dict[str, Any]:
 
 
 def torch_macs(model: Any, input_chw: tuple[int, int, int]) -> int:
+    """MACs of one forward pass on one image, from forward hooks on Conv2d and Linear layers."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
+    from torch import nn
 
-    model = model.eval()
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model(torch.zeros(1, *input_chw))
-    return int(counter.get_total_flops()) // 2
+    total = 0
+
+    def count(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            kh, kw = module.kernel_size
+            total += output.numel() * (module.in_channels // module.groups) * kh * kw
+        else:
+            total += output.numel() * module.in_features
+
+    layers = [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    handles = [m.register_forward_hook(count) for m in layers]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *input_chw))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total
 
 
 def onnx_params(proto: Any) -> int:
