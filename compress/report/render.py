@@ -17,8 +17,8 @@ body { font: 14px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; color: #
 h1 { font-size: 24px; border-bottom: 1px solid #d0d7de; padding-bottom: 6px; }
 h2 { font-size: 18px; margin-top: 28px; }
 .scroll { overflow-x: auto; }
-table { border-collapse: collapse; font-size: 12.5px; margin: 8px 0; }
-th, td { border: 1px solid #d0d7de; padding: 4px 8px; text-align: right; }
+table { border-collapse: collapse; font-size: 12px; margin: 8px 0; }
+th, td { border: 1px solid #d0d7de; padding: 3px 6px; text-align: right; }
 td { white-space: nowrap; }
 th { background: #f6f8fa; font-weight: 600; }
 .text { text-align: left; }
