@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 PIPELINE ?= pipelines/quickstart.yaml
 
-.PHONY: setup data run test lint format clean
+.PHONY: setup data run test lint format docs clean
 
 setup: $(VENV)/.installed
 
@@ -37,6 +37,7 @@ run: setup data
 lint: setup
 	$(BIN)/ruff check compress tests benchmarks
 	$(BIN)/ruff format --check compress tests benchmarks
+	$(BIN)/hadolint docker/Dockerfile.cpu docker/Dockerfile.gpu
 
 test: setup data lint
 	$(BIN)/pytest -q
@@ -44,6 +45,10 @@ test: setup data lint
 format: setup
 	$(BIN)/ruff format compress tests benchmarks
 	$(BIN)/ruff check --fix compress tests benchmarks
+
+# Regenerate the README's pipeline file reference from the config models (a test compares them).
+docs: setup
+	$(BIN)/compress config-reference --readme README.md
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -192,6 +192,125 @@ def methods() -> None:
         )
 
 
+@app.command("config-reference")
+def config_reference(
+    readme: Annotated[
+        Path | None,
+        typer.Option(help="Rewrite the generated block of this file (between its markers)."),
+    ] = None,
+) -> None:
+    """Print the pipeline file reference (every key, type, default, meaning) as Markdown."""
+    from compress.config.reference import reference_markdown, replace_block
+    from compress.io import write_text
+
+    text = reference_markdown()
+    if readme is None:
+        sys.stdout.write(text)
+        return
+    write_text(readme, replace_block(readme.read_text(encoding="utf-8"), text))
+    console.print(f"updated the config reference in {readme}")
+
+
+@app.command()
+def launch(
+    pipeline: Annotated[Path, typer.Argument(help="Pipeline YAML file.")],
+    nodes: Annotated[int, typer.Option(min=1, help="Machines.")] = 1,
+    gpus_per_node: Annotated[int, typer.Option(min=1, help="Processes (GPUs) per machine.")] = 1,
+    slurm: Annotated[
+        bool, typer.Option(help="An sbatch script instead of torchrun lines.")
+    ] = False,
+    host: Annotated[
+        str | None, typer.Option(help="First node's address (several nodes, without --slurm).")
+    ] = None,
+    port: Annotated[int, typer.Option(help="Rendezvous port on the first node.")] = 29500,
+    partition: Annotated[str | None, typer.Option(help="Slurm partition.")] = None,
+    time: Annotated[str | None, typer.Option(help="Slurm time limit, e.g. 04:00:00.")] = None,
+    write: Annotated[
+        Path | None, typer.Option(help="Write the script here instead of printing it.")
+    ] = None,
+    overrides: SetOption = None,
+    run_dir: Annotated[Path | None, typer.Option(help="Passed on to compress run.")] = None,
+) -> None:
+    """Print (or --write) the torchrun command or sbatch script that runs PIPELINE on N x G GPUs.
+
+    Only the commands: multi-process training (DDP under torchrun) lands with the reliability
+    issue; until then every process runs the whole pipeline on its own.
+    """
+    from compress.config.load import load_pipeline
+    from compress.io import write_text
+    from compress.launch import Launch, sbatch_script, shell_script
+
+    config = load_pipeline(pipeline, overrides)
+    plan = Launch(
+        pipeline, config.name, nodes, gpus_per_node, host, port, list(overrides or []),
+        run_dir, partition, time,
+    )  # fmt: skip
+    script = sbatch_script(plan) if slurm else shell_script(plan)
+    if write is None:
+        sys.stdout.write(script)
+        return
+    write_text(write, script)
+    write.chmod(0o755)
+    how = f"sbatch {write}" if slurm else f"bash {write}" + ("" if nodes == 1 else " on each node")
+    console.print(f"wrote {write}; run it with: {how}", soft_wrap=True)
+
+
+data_app = typer.Typer(
+    help="Get datasets (fetch) and see what is there (check).", no_args_is_help=True
+)
+app.add_typer(data_app, name="data")
+
+RootOption = Annotated[
+    Path | None,
+    typer.Option(help="Data folder. Default: $COMPRESS_DATA or ./data (and the usual places)."),
+]
+
+
+@data_app.command("fetch")
+def data_fetch(
+    name: Annotated[str, typer.Argument(help="fashion-mnist, cifar10, cifar100, tiny-imagenet.")],
+    root: RootOption = None,
+    archive: Annotated[
+        str | None,
+        typer.Option(help="tiny-imagenet: a downloaded tiny-imagenet-200.zip, or a mirror URL."),
+    ] = None,
+) -> None:
+    """Download a dataset into the data folder; offline, say what to download and where."""
+    from compress.data.fetch import fetch
+
+    folder, fetched = fetch(name, root, archive)
+    state = "fetched into" if fetched else "already present in"
+    console.print(f"[green]✓[/] {name} {state} {folder}")
+
+
+@data_app.command("check")
+def data_check(
+    name: Annotated[str | None, typer.Argument(help="One dataset; default: all four.")] = None,
+    root: RootOption = None,
+    decode: Annotated[
+        bool, typer.Option(help="Decode every image file to find corrupt ones.")
+    ] = True,
+) -> None:
+    """What is present, images per split and class, and files that do not decode (exit 1)."""
+    from compress.data.check import check_dataset, class_table, summary_table
+    from compress.data.fetch import FETCHERS
+
+    names = [name] if name else FETCHERS.names()
+    checks = [check_dataset(n, root, decode) for n in names]
+    console.print(summary_table(checks))
+    for check in checks:
+        if name and check.problem is None:
+            console.print(class_table(check))
+        if name and check.problem is not None:
+            console.print(f"[red]{name}[/]: {escape(check.problem)}")
+        for message in check.corrupt[:20]:
+            console.print(f"[red]corrupt[/] {escape(message)}")
+        if len(check.corrupt) > 20:
+            console.print(f"[red]... and {len(check.corrupt) - 20} more corrupt files[/]")
+    if any(c.corrupt for c in checks) or (name and checks[0].problem is not None):
+        raise typer.Exit(1)
+
+
 def main() -> None:
     try:
         app()

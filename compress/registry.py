@@ -47,4 +47,5 @@ class Registry(Generic[T]):
         return iter(self._entries)
 
     def items(self) -> list[tuple[str, T]]:
-        return list(self._entries.items())
+        """By name, so anything built from a registry is the same whatever the import order."""
+        return sorted(self._entries.items(), key=lambda item: item[0])

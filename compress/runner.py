@@ -142,8 +142,9 @@ def _resolve_inputs(
     name: str, cfg: Any, earlier: list[tuple[str, Any]], manifest: Manifest
 ) -> dict[str, StageInput]:
     inputs = {}
-    for kind, required in STAGES.get(cfg.type).consumes(cfg).items():
-        producer = find_producer(earlier, kind, cfg.input)
+    for i, (kind, required) in enumerate(STAGES.get(cfg.type).consumes(cfg).items()):
+        # ``input`` names the source of a stage's main input, its first consumed kind
+        producer = find_producer(earlier, kind, cfg.input if i == 0 else None)
         if producer is None:
             continue
         entry = manifest.stages.get(producer, {})

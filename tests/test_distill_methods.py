@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from compress.distill import METHODS, load_methods
+from compress.distill.base import Features, FeatureShapes
 
 load_methods()
 
@@ -85,11 +86,78 @@ def test_baseline_is_cross_entropy_and_ignores_the_teacher():
     assert not spec.uses_teacher
 
 
+def random_features(params, batch: int = 8, requires_grad: bool = True):
+    """Features and shapes for whatever layers a method's params name."""
+    student_layers, teacher_layers = params.layers()
+    gen = torch.Generator().manual_seed(0)
+    student = {
+        n: torch.randn(batch, 6, 4, 4, generator=gen).requires_grad_(requires_grad)
+        for n in student_layers
+    }
+    teacher = {n: torch.randn(batch, 12, 2, 2, generator=gen) for n in teacher_layers}
+    shapes = FeatureShapes({n: tuple(v.shape[1:]) for n, v in student.items()},
+                           {n: tuple(v.shape[1:]) for n, v in teacher.items()})  # fmt: skip
+    return Features(student, teacher), shapes
+
+
 @pytest.mark.parametrize("name", METHODS.names())
 def test_every_method_gives_a_finite_loss_with_gradients(name):
     spec = METHODS.get(name)
-    student = torch.randn(8, 10, requires_grad=True)
+    params = spec.params()
+    features, shapes = random_features(params)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 10))
+    features.inputs = torch.randn(8, 16)
+    student = model(features.inputs).detach().requires_grad_()
     teacher = torch.randn(8, 10)
-    loss = spec.build(spec.params())(student, teacher, torch.randint(0, 10, (8,)))
+    loss = spec.build(params, shapes, model)(student, teacher, torch.randint(0, 10, (8,)), features)
     loss.backward()
     assert torch.isfinite(loss) and student.grad is not None and student.grad.abs().sum() > 0
+    for name_, tensor in features.student.items():
+        assert tensor.grad is not None and tensor.grad.abs().sum() > 0, name_
+
+
+def test_self_distillation_ema_follows_the_student_with_warmup():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    x, y = torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1])
+    spec = METHODS.get("self")
+    loss_fn = spec.build(spec.params(decay=0.9, alpha=0.3, temperature=2.0), None, model)
+    from compress.distill.base import Features
+
+    logits = model(x)
+    loss = loss_fn(logits, None, y, Features(inputs=x))  # EMA == student: the soft part is 0
+    ce = torch.nn.functional.cross_entropy(logits, y)
+    assert loss.item() == pytest.approx(0.3 * ce.item(), rel=1e-6)
+    before = loss_fn.ema.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    loss_fn(model(x), None, y, Features(inputs=x))
+    d = min(0.9, 2 / 11)  # second update: (1 + t) / (10 + t) with t = 1
+    assert torch.allclose(loss_fn.ema.weight, d * before + (1 - d) * model.weight)
+    assert not spec.uses_teacher
+
+
+def test_mutual_learning_matches_hand_computation_and_detaches_peers():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    spec = METHODS.get("mutual")
+    loss_fn = spec.build(spec.params(peers=1, temperature=2.0), None, model)
+    x, y = torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    from compress.distill.base import Features
+
+    z1 = model(x).detach().requires_grad_()
+    loss = loss_fn(z1, None, y, Features(inputs=x))
+    z2 = loss_fn.peers[0](x).detach()
+    t = 2.0
+    p1, p2 = softmax(z1.detach().numpy(), t), softmax(z2.numpy(), t)
+    kl12 = np.mean(np.sum(p2 * np.log(p2 / p1), 1)) * t * t
+    kl21 = np.mean(np.sum(p1 * np.log(p1 / p2), 1)) * t * t
+    ce = lambda z: -np.mean(np.log(softmax(z, 1.0)[np.arange(6), y.numpy()]))  # noqa: E731
+    assert loss.item() == pytest.approx(
+        ce(z1.detach().numpy()) + ce(z2.numpy()) + kl12 + kl21, rel=1e-5
+    )
+    loss.backward()
+    onehot = np.eye(3)[y.numpy()]
+    expected_grad = (softmax(z1.detach().numpy(), 1.0) - onehot + t * (p1 - p2)) / 6
+    assert np.allclose(z1.grad.numpy(), expected_grad, atol=1e-6)
+    assert not torch.equal(loss_fn.peers[0].weight, model.weight)  # a fresh initialisation

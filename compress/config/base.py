@@ -45,8 +45,8 @@ class DataConfig(StrictModel):
     val_split: float = Field(
         0.0, ge=0.0, lt=1.0, description="fraction of training images held out for validation"
     )
-    batch_size: int = Field(128, ge=1)
-    eval_batch_size: int = Field(500, ge=1)
+    batch_size: int = Field(128, ge=1, description="training batch size; stages can override")
+    eval_batch_size: int = Field(500, ge=1, description="batch size for evaluation and predictions")
     workers: int = Field(0, ge=0, description="decoding processes for image files")
     cache: Literal["auto", "memory", "stream"] = Field(
         "auto", description="memory: decode once into RAM; stream: decode every epoch"
@@ -90,17 +90,22 @@ class ModelConfig(StrictModel):
 class TrainConfig(StrictModel):
     """Optimisation settings shared by every stage that trains."""
 
-    epochs: int = Field(10, ge=0)
+    epochs: int = Field(10, ge=0, description="passes over the training split")
     batch_size: int | None = Field(None, ge=1, description="default: data.batch_size")
-    optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = Field(0.1, gt=0.0)
-    momentum: float = Field(0.9, ge=0.0, lt=1.0)
-    nesterov: bool = True
-    weight_decay: float = Field(5e-4, ge=0.0)
-    schedule: Literal["cosine", "onecycle", "step", "constant"] = "cosine"
-    warmup_epochs: float = Field(0.0, ge=0.0)
+    optimizer: Literal["sgd", "adamw"] = Field(
+        "sgd", description="sgd (with momentum, nesterov) or adamw"
+    )
+    lr: float = Field(0.1, gt=0.0, description="peak learning rate")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd momentum")
+    nesterov: bool = Field(True, description="sgd with Nesterov momentum")
+    weight_decay: float = Field(5e-4, ge=0.0, description="L2 penalty (decoupled for adamw)")
+    schedule: Literal["cosine", "onecycle", "step", "constant"] = Field(
+        "cosine",
+        description="learning-rate schedule; onecycle warms up over 15%; step uses step_milestones",
+    )
+    warmup_epochs: float = Field(0.0, ge=0.0, description="linear warm-up, in epochs")
     step_milestones: list[int] = Field(default_factory=list, description="epochs, for step")
-    step_gamma: float = Field(0.1, gt=0.0, le=1.0)
+    step_gamma: float = Field(0.1, gt=0.0, le=1.0, description="lr factor at each milestone")
     augment: Literal["none", "flip", "standard"] = Field(
         "standard", description="none; flip (horizontal); standard (pad-and-crop + flip)"
     )

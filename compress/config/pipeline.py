@@ -57,14 +57,16 @@ class PipelineSettings(StrictModel):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
         description="run name; the default run directory is runs/<name>/",
     )
-    description: str = ""
-    seed: int = Field(0, ge=0)
+    description: str = Field("", description="free text, kept in the manifest")
+    seed: int = Field(0, ge=0, description="seeds weights, shuffling, augmentation and splits")
     deterministic: bool = Field(
         False, description="deterministic kernels: same seed, same metrics (slower)"
     )
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where stages train and evaluate; auto: cuda when available"
+    )
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: all cores")
-    data: DataConfig = Field(default_factory=DataConfig)
+    data: DataConfig = Field(default_factory=DataConfig, description="the dataset every stage uses")
     gates: GatesConfig = Field(
         default_factory=GatesConfig, description="limits checked after the run (exit code 3)"
     )
@@ -78,10 +80,11 @@ class PipelineSettings(StrictModel):
             raise ValueError("the pipeline has no stages (e.g. teacher, distill, export, bench)")
         for position, (name, cfg) in enumerate(stages.items()):
             earlier = list(stages.items())[:position]
-            for kind, required in STAGES.get(cfg.type).consumes(cfg).items():
-                producer = find_producer(earlier, kind, cfg.input)
+            for i, (kind, required) in enumerate(STAGES.get(cfg.type).consumes(cfg).items()):
+                producer = find_producer(earlier, kind, cfg.input if i == 0 else None)
                 if producer is None and required:
-                    raise ValueError(_no_producer_message(name, kind, cfg.input, earlier))
+                    explicit = cfg.input if i == 0 else None
+                    raise ValueError(_no_producer_message(name, kind, explicit, earlier))
         return self
 
     @model_validator(mode="after")
@@ -127,10 +130,11 @@ def find_producer(earlier: list[tuple[str, Any]], kind: str, explicit: str | Non
     from compress.stages import STAGES
 
     produced = {name: STAGES.get(cfg.type).produces for name, cfg in earlier}
-    if explicit is not None and explicit in produced:
-        explicit_kind = produced[explicit]
+    if explicit is not None:
+        explicit_kind = produced.get(explicit)
         if explicit_kind == kind or (kind in MODEL_KINDS and explicit_kind in MODEL_KINDS):
             return explicit
+        return None
     for name, produces in reversed(list(produced.items())):
         if produces == kind:
             return name

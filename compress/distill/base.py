@@ -1,15 +1,17 @@
 """The method registry and the contract a distillation method fulfils.
 
 A method is a params model (pydantic, validated with the pipeline) and a loss module built from
-it. The loss sees the student's and the teacher's logits and the labels and returns a scalar;
-methods that need no teacher (baseline) say so, and the distill stage then skips the teacher.
+it. The loss sees the student's and the teacher's logits, the labels and, for feature methods,
+the outputs of the layers its params name (captured with forward hooks, see ``features.py``).
+Methods that need no teacher (baseline) say so, and the stage then loads no teacher.
 """
 
 from __future__ import annotations
 
 import importlib
 import pkgutil
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from pydantic import Field
@@ -22,19 +24,65 @@ from compress.registry import Registry
 class MethodParams(StrictModel):
     """Base of every method's params; ``name`` selects the method."""
 
-    name: str
+    name: str = Field(description="the registered method")
+    weight: float = Field(1.0, ge=0.0, description="weight of this method's loss in a mix")
+
+    def layers(self) -> tuple[list[str], list[str]]:
+        """Module paths whose outputs the loss needs: (student layers, teacher layers)."""
+        return [], []
 
 
 class ClassifierLossParams(MethodParams):
     """Hard-label settings every method that uses cross-entropy shares."""
 
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="on the hard-label CE")
+
+
+class FeatureLossParams(ClassifierLossParams):
+    """Feature methods add their term to ``ce_weight * CE``; in a mix only one part keeps CE."""
+
+    ce_weight: float = Field(1.0, ge=0.0, description="weight of the hard-label cross-entropy")
+
+
+class LayerPair(StrictModel):
+    student: str = Field(..., description="student module path, e.g. features.13")
+    teacher: str = Field(..., description="teacher module path, e.g. layer3")
+
+
+@dataclass
+class Features:
+    """Captured layer outputs of one batch, by module path."""
+
+    student: dict[str, torch.Tensor] = field(default_factory=dict)
+    teacher: dict[str, torch.Tensor] = field(default_factory=dict)
+    inputs: torch.Tensor | None = None  # the batch, for methods that run models of their own
+
+
+@dataclass(frozen=True)
+class FeatureShapes:
+    """Per-sample output shapes (C, H, W or C) of the captured layers, probed once."""
+
+    student: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    teacher: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+
+class DistillLoss(nn.Module):
+    """``forward(student_logits, teacher_logits, labels, features) -> scalar``."""
+
+    def forward(
+        self,
+        student: torch.Tensor,
+        teacher: torch.Tensor | None,
+        labels: torch.Tensor,
+        features: Features | None = None,
+    ) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)
 class MethodSpec:
     params: type[MethodParams]
-    build: type[nn.Module]  # constructed with the params model
+    build: Callable[..., DistillLoss]  # build(params, shapes, student being trained)
     uses_teacher: bool
     paper: str
     summary: str
@@ -43,13 +91,13 @@ class MethodSpec:
 METHODS: Registry[MethodSpec] = Registry("distillation method")
 
 
-class DistillLoss(nn.Module):
-    """Loss of a student batch: ``forward(student_logits, teacher_logits, labels) -> scalar``."""
+def pooled(feature: torch.Tensor) -> torch.Tensor:
+    """A batch of embeddings from a layer output: global average pool of maps, else flatten."""
+    return feature.mean((2, 3)) if feature.dim() == 4 else feature.flatten(1)
 
-    def forward(
-        self, student: torch.Tensor, teacher: torch.Tensor | None, labels: torch.Tensor
-    ) -> torch.Tensor:  # pragma: no cover - interface
-        raise NotImplementedError
+
+def embedding_size(shape: tuple[int, ...]) -> int:
+    return shape[0] if len(shape) == 3 else int(torch.Size(shape).numel())
 
 
 def load_methods() -> None:
@@ -58,3 +106,4 @@ def load_methods() -> None:
 
     for info in pkgutil.iter_modules(methods.__path__):
         importlib.import_module(f"{methods.__name__}.{info.name}")
+    importlib.import_module("compress.distill.mix")  # last: its parts may be any method

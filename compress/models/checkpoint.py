@@ -31,6 +31,7 @@ class ModelSpec:
     in_channels: int
     width_mult: float = 1.0
     stem: str = "cifar"
+    pruned: bool = False  # layer widths come from the state_dict (see resize_to_state_dict)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
@@ -54,6 +55,8 @@ def load_model(path: Path) -> tuple[nn.Module, ModelSpec, dict[str, Any]]:
         raise CheckpointError(f"{path} is not a compress model file (format {FORMAT})")
     spec = ModelSpec.from_dict(payload["spec"])
     model = build_model(spec)
+    if spec.pruned:
+        resize_to_state_dict(model, payload["state_dict"])
     load_state_dict_checked(model, payload["state_dict"], path, spec.arch)
     return model, spec, payload.get("meta", {})
 
@@ -96,3 +99,37 @@ def load_state_dict_checked(
             f"{path} does not fit architecture '{arch}' (checkpoint vs model): " + "; ".join(parts)
         )
     model.load_state_dict(state)
+
+
+def resize_to_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Give each conv, batch-norm and linear layer the width its saved weights have.
+
+    A structurally pruned model is saved as its original architecture's spec plus a smaller
+    state_dict; rebuilding the architecture and narrowing its layers to the saved shapes restores
+    it without pickling any module. Depthwise convs stay depthwise.
+    """
+    for name, module in list(model.named_modules()):
+        weight = state.get(f"{name}.weight")
+        if weight is None:
+            continue
+        if isinstance(module, nn.Conv2d):
+            depthwise = module.groups > 1 and module.groups == module.in_channels
+            groups = weight.shape[0] if depthwise else module.groups
+            if weight.shape != module.weight.shape or groups != module.groups:
+                replacement: nn.Module = nn.Conv2d(
+                    weight.shape[1] * groups, weight.shape[0], module.kernel_size,
+                    module.stride, module.padding, module.dilation, groups,
+                    bias=module.bias is not None,
+                )  # fmt: skip
+                _replace(model, name, replacement)
+        elif isinstance(module, nn.BatchNorm2d) and weight.shape[0] != module.num_features:
+            _replace(model, name, nn.BatchNorm2d(weight.shape[0], module.eps, module.momentum))
+        elif isinstance(module, nn.Linear) and weight.shape != module.weight.shape:
+            replacement = nn.Linear(weight.shape[1], weight.shape[0], bias=module.bias is not None)
+            _replace(model, name, replacement)
+
+
+def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 
 class StageConfig(StrictModel):
-    type: str
+    type: str = Field(description="registered stage type; two stages of one type need it")
     input: str | None = Field(
         None, description="stage whose output this stage takes; default: nearest earlier one"
     )
@@ -37,7 +37,7 @@ class StageSpec:
     config: type[StageConfig]
     run: Callable[[Any, StageContext], StageResult]
     produces: str | None  # artifact kind: teacher, student, onnx, bench
-    consumes: Callable[[Any], dict[str, bool]]  # kind -> required, for a given config
+    consumes: Callable[[Any], dict[str, bool]]  # kind -> required; the first is the main input
     summary: str
 
 

@@ -37,13 +37,15 @@ class BenchConfig(StageConfig):
         default_factory=lambda: ["cpu"],
         description="cuda entries are skipped, with a note, on a machine without a GPU",
     )
-    batch_sizes: list[int] = Field(default_factory=lambda: [1, 32])
+    batch_sizes: list[int] = Field(
+        default_factory=lambda: [1, 32], description="each is timed separately"
+    )
     include_teacher: bool = Field(True, description="also time the teacher in PyTorch (eager)")
     threads: int | None = Field(None, ge=1, description="inference threads; default: all cores")
-    warmup_iterations: int = Field(10, ge=0)
-    warmup_seconds: float = Field(0.5, ge=0.0)
-    min_iterations: int = Field(1000, ge=1)
-    min_seconds: float = Field(3.0, ge=0.0)
+    warmup_iterations: int = Field(10, ge=0, description="untimed calls first...")
+    warmup_seconds: float = Field(0.5, ge=0.0, description="...and for at least this long")
+    min_iterations: int = Field(1000, ge=1, description="timed calls, at least...")
+    min_seconds: float = Field(3.0, ge=0.0, description="...and for at least this long")
     max_seconds: float = Field(20.0, gt=0.0, description="per backend and batch size")
     accuracy: bool = Field(True, description="top-1/top-5/ECE of the ONNX file on the test split")
 

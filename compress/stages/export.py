@@ -16,9 +16,11 @@ from compress.train.evaluate import predict
 
 class ExportConfig(StageConfig):
     type: Literal["export"] = "export"
-    formats: list[Literal["onnx"]] = Field(default_factory=lambda: ["onnx"])
+    formats: list[Literal["onnx"]] = Field(
+        default_factory=lambda: ["onnx"], description="files to write (TensorRT joins later)"
+    )
     opset: int = Field(18, ge=17, le=23, description="ONNX opset (the exporter's native one is 18)")
-    dynamic_batch: bool = True
+    dynamic_batch: bool = Field(True, description="batch dimension left free in the graph")
     parity_images: int = Field(
         1000, ge=0, description="test images compared ONNX vs PyTorch; 0 = the whole test split"
     )

@@ -20,8 +20,12 @@ from compress.train.loop import fit
 
 class TeacherConfig(TrainConfig, StageConfig):
     type: Literal["teacher"] = "teacher"
-    model: ModelConfig = Field(default_factory=lambda: ModelConfig(arch="resnet34"))
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    model: ModelConfig = Field(
+        default_factory=lambda: ModelConfig(arch="resnet34"), description="the architecture"
+    )
+    label_smoothing: float = Field(
+        0.0, ge=0.0, lt=1.0, description="cross-entropy label smoothing while training"
+    )
     checkpoint: Path | None = Field(
         None,
         description="load these weights (a torchvision-style state_dict) instead of training",

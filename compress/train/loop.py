@@ -33,6 +33,7 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
     resumed_at: str | None = None
     skipped_batches: int = 0
+    companion: nn.Module | None = None
 
 
 def fit(
@@ -46,16 +47,22 @@ def fit(
     fingerprint: str,
     label: str,
     augment: str,
-    extra_params: list[nn.Parameter] | None = None,
+    companion: nn.Module | None = None,
     tensorboard_dir: Path | None = None,
 ) -> FitResult:
-    """Train ``model`` in place; on return it holds the selected (last or best-val) weights."""
-    params = [p for p in model.parameters() if p.requires_grad] + list(extra_params or [])
+    """Train ``model`` in place; on return it holds the selected (last or best-val) weights.
+
+    ``companion`` is a module trained and checkpointed alongside (a distillation loss with
+    projection heads, peer students or an EMA teacher); it is not part of the saved model.
+    """
+    companion = companion or nn.Module()
+    params = [p for p in model.parameters() if p.requires_grad]
+    params += [p for p in companion.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, cfg)
     batch_size = cfg.batch_size or data.cfg.batch_size
     steps_per_epoch = data.steps_per_epoch(batch_size)
     result = FitResult()
-    state = _resume(checkpoint, fingerprint, model, optimizer)
+    state = _resume(checkpoint, fingerprint, model, companion, optimizer)
     epoch, skip = state.get("epoch", 0), state.get("step_in_epoch", 0)
     result.history = state.get("history", [])
     best = state.get("best", {"top1": -1.0, "state_dict": None})
@@ -100,7 +107,7 @@ def fit(
                     writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], global_step)
                 every = cfg.checkpoint_every_steps
                 if every and (step + 1) % every == 0 and step + 1 < steps_per_epoch:
-                    _save(checkpoint, fingerprint, model, optimizer, epoch, step + 1,
+                    _save(checkpoint, fingerprint, model, companion, optimizer, epoch, step + 1,
                           result.history, best)  # fmt: skip
 
             record = {
@@ -122,7 +129,8 @@ def fit(
                 for key, value in record.items():
                     writer.add_scalar(f"epoch/{key}", value, epoch + 1)
             epoch, skip = epoch + 1, 0
-            _save(checkpoint, fingerprint, model, optimizer, epoch, 0, result.history, best)
+            _save(checkpoint, fingerprint, model, companion, optimizer, epoch, 0,
+                  result.history, best)  # fmt: skip
 
     if writer:
         writer.close()
@@ -152,6 +160,7 @@ def _save(
     path: Path,
     fingerprint: str,
     model: nn.Module,
+    companion: nn.Module,
     optimizer: torch.optim.Optimizer,
     epoch: int,
     step_in_epoch: int,
@@ -162,6 +171,7 @@ def _save(
         {
             "fingerprint": fingerprint,
             "model": _cpu_state(model),
+            "companion": _cpu_state(companion),
             "optimizer": optimizer.state_dict(),
             "epoch": epoch,
             "step_in_epoch": step_in_epoch,
@@ -174,7 +184,11 @@ def _save(
 
 
 def _resume(
-    path: Path, fingerprint: str, model: nn.Module, optimizer: torch.optim.Optimizer
+    path: Path,
+    fingerprint: str,
+    model: nn.Module,
+    companion: nn.Module,
+    optimizer: torch.optim.Optimizer,
 ) -> dict[str, Any]:
     """Load a checkpoint written for this exact stage config; anything else starts fresh."""
     if not path.exists():
@@ -184,6 +198,7 @@ def _resume(
         console.print(f"  {path.name} is from a different config; starting over")
         return {}
     model.load_state_dict(state["model"])
+    companion.load_state_dict(state.get("companion", {}))
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["torch_rng"])
     return state

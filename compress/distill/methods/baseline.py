@@ -7,7 +7,13 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from compress.distill.base import METHODS, ClassifierLossParams, DistillLoss, MethodSpec
+from compress.distill.base import (
+    METHODS,
+    ClassifierLossParams,
+    DistillLoss,
+    Features,
+    MethodSpec,
+)
 
 
 class BaselineParams(ClassifierLossParams):
@@ -15,12 +21,18 @@ class BaselineParams(ClassifierLossParams):
 
 
 class BaselineLoss(DistillLoss):
-    def __init__(self, params: BaselineParams) -> None:
+    def __init__(
+        self, params: BaselineParams, shapes: object = None, student: object = None
+    ) -> None:
         super().__init__()
         self.label_smoothing = params.label_smoothing
 
     def forward(
-        self, student: torch.Tensor, teacher: torch.Tensor | None, labels: torch.Tensor
+        self,
+        student: torch.Tensor,
+        teacher: torch.Tensor | None,
+        labels: torch.Tensor,
+        features: Features | None = None,
     ) -> torch.Tensor:
         return F.cross_entropy(student, labels, label_smoothing=self.label_smoothing)
 

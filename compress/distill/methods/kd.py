@@ -14,7 +14,13 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from compress.distill.base import METHODS, ClassifierLossParams, DistillLoss, MethodSpec
+from compress.distill.base import (
+    METHODS,
+    ClassifierLossParams,
+    DistillLoss,
+    Features,
+    MethodSpec,
+)
 
 
 class KDParams(ClassifierLossParams):
@@ -32,12 +38,16 @@ def kd_divergence(student: torch.Tensor, teacher: torch.Tensor, temperature: flo
 
 
 class KDLoss(DistillLoss):
-    def __init__(self, params: KDParams) -> None:
+    def __init__(self, params: KDParams, shapes: object = None, student: object = None) -> None:
         super().__init__()
         self.params = params
 
     def forward(
-        self, student: torch.Tensor, teacher: torch.Tensor | None, labels: torch.Tensor
+        self,
+        student: torch.Tensor,
+        teacher: torch.Tensor | None,
+        labels: torch.Tensor,
+        features: Features | None = None,
     ) -> torch.Tensor:
         assert teacher is not None, "kd needs teacher logits"
         p = self.params

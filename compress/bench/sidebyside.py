@@ -1,0 +1,35 @@
+"""Compare several models' latency fairly on a noisy machine: interleave them in rounds.
+
+Timing A for ten seconds and then B for ten seconds lets a neighbour's load land on one of them;
+alternating short rounds (A B B A A B ...) spreads it over both, so their ratio holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from compress.bench.timing import TimingPlan, summarize, time_calls
+
+
+def interleaved_latency(
+    calls: dict[str, Callable[[], object]],
+    batch_size: int,
+    rounds: int = 6,
+    seconds_per_round: float = 0.5,
+) -> dict[str, dict[str, float]]:
+    """Latency statistics per name, measured in alternating rounds after a warm-up of each."""
+    warm = TimingPlan(warmup_iterations=5, warmup_seconds=0.3, min_iterations=1, min_seconds=0.0)
+    for fn in calls.values():
+        time_calls(fn, warm)
+    plan = TimingPlan(
+        warmup_iterations=1, warmup_seconds=0.0, min_iterations=5, min_seconds=seconds_per_round,
+        max_seconds=max(5.0, 4 * seconds_per_round),
+    )  # fmt: skip
+    samples: dict[str, list[np.ndarray]] = {name: [] for name in calls}
+    names = list(calls)
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else reversed(names):
+            samples[name].append(time_calls(calls[name], plan))
+    return {name: summarize(np.concatenate(s), batch_size) for name, s in samples.items()}

@@ -1,0 +1,90 @@
+"""mix: a weighted sum of other methods, e.g. kd + fitnets or kd + contrastive.
+
+    method: {name: mix, parts: [{name: kd, alpha: 0.5}, {name: fitnets, ce_weight: 0, weight: 0.5}]}
+
+Each part's loss is multiplied by its ``weight`` and added. Only one part may keep the
+hard-label cross-entropy (``ce_weight``; kd: ``alpha``), so it is not counted twice. Registered
+after every other method, since its parts may be any of them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import Field, model_validator
+from torch import nn
+
+from compress.distill.base import METHODS, DistillLoss, FeatureShapes, MethodParams, MethodSpec
+
+PartConfig = Annotated[
+    Union[tuple(spec.params for _, spec in METHODS.items())],  # noqa: UP007
+    Field(discriminator="name"),
+]
+
+
+def ce_weight_of(params: MethodParams) -> float:
+    """How much hard-label cross-entropy a method's loss contains."""
+    for key in ("ce_weight", "alpha"):  # feature methods; kd and self
+        if hasattr(params, key) and key in type(params).model_fields:
+            if key == "alpha" and params.name == "dkd":
+                continue
+            return float(getattr(params, key))
+    return 1.0
+
+
+class MixParams(MethodParams):
+    name: Literal["mix"] = "mix"
+    parts: list[PartConfig] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: [
+            METHODS.get("kd").params(alpha=0.5),
+            METHODS.get("fitnets").params(ce_weight=0.0, hint_weight=1.0),
+        ],
+        min_length=2,
+        description="the methods to add, each with its weight",
+    )
+
+    @model_validator(mode="after")
+    def _one_cross_entropy(self) -> MixParams:
+        if sum(ce_weight_of(p) > 0 for p in self.parts) > 1:
+            raise ValueError(
+                "only one part of a mix may keep the hard-label loss; set ce_weight: 0 "
+                "(kd, self: alpha: 0) on the others"
+            )
+        return self
+
+    def layers(self) -> tuple[list[str], list[str]]:
+        student: list[str] = []
+        teacher: list[str] = []
+        for part in self.parts:
+            s, t = part.layers()
+            student += [n for n in s if n not in student]
+            teacher += [n for n in t if n not in teacher]
+        return student, teacher
+
+
+class WeightedSum(DistillLoss):
+    def __init__(
+        self, params: MixParams, shapes: FeatureShapes | None = None, student: object = None
+    ) -> None:
+        super().__init__()
+        self.weights = [p.weight for p in params.parts]
+        self.parts = nn.ModuleList(
+            METHODS.get(p.name).build(p, shapes, student) for p in params.parts
+        )
+
+    def forward(self, student, teacher, labels, features=None):
+        return sum(
+            w * loss(student, teacher, labels, features)
+            for w, loss in zip(self.weights, self.parts, strict=True)
+        )
+
+
+METHODS.register("mix")(
+    MethodSpec(
+        params=MixParams,
+        build=WeightedSum,
+        uses_teacher=True,  # when any part does; see DistillSettings.uses_teacher
+        paper="-",
+        summary="weighted sum of other methods, one keeping the hard-label CE (parts)",
+    )
+)

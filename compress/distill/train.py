@@ -1,0 +1,126 @@
+"""Train a student with a distillation method: the step every distilling stage shares.
+
+Feature methods get their layers' outputs through forward hooks, with shapes probed once before
+training so projections can be built. When only logits are needed and the training inputs are
+fixed (``augment: none``), the teacher's logits for the training split are computed once per
+run and reused by every epoch and every stage distilling from the same teacher on the same data:
+identical numbers, and the teacher's forward pass (the dearest part on a CPU) is paid once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from compress.config.base import TrainConfig
+from compress.distill.base import METHODS, DistillLoss, Features, FeatureShapes
+from compress.distill.config import DistillSettings
+from compress.distill.features import probe_shapes, tapped
+from compress.io import load_torch, save_torch, sha256_json
+from compress.models import load_model
+from compress.stages.base import StageContext
+from compress.stages.common import checkpoint_path
+from compress.train.evaluate import predict
+from compress.train.loop import FitResult, fit
+from compress.ui import console
+
+TeacherLogits = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def build_loss(
+    settings: DistillSettings, shapes: FeatureShapes, student: nn.Module | None = None
+) -> DistillLoss:
+    return METHODS.get(settings.method.name).build(settings.method, shapes, student)
+
+
+def distill_student(
+    student: nn.Module, settings: DistillSettings, train: TrainConfig, ctx: StageContext, label: str
+) -> FitResult:
+    """Train ``student`` in place from the stage's teacher input with ``settings.method``."""
+    data = ctx.data()
+    student.to(ctx.device).to(memory_format=torch.channels_last)
+    teacher = load_teacher(ctx) if settings.uses_teacher() else None
+    student_layers, teacher_layers = settings.layers()
+    example = next(data.eval_batches(data.test, 2))[0].to(ctx.device)
+    shapes = FeatureShapes(
+        probe_shapes(student, student_layers, example, "the student"),
+        probe_shapes(teacher, teacher_layers, example, "the teacher") if teacher else {},
+    )
+    loss_fn = build_loss(settings, shapes, student).to(ctx.device)
+    cache = teacher is not None and not teacher_layers
+    cache = cache and train.augment == "none" and settings.cache_teacher
+    teacher_logits_for = teacher_source(teacher, ctx, cached=cache)
+
+    with (
+        tapped(student, student_layers, "the student") as student_taps,
+        tapped(teacher or nn.Identity(), teacher_layers, "the teacher") as teacher_taps,
+    ):
+
+        def step_loss(x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor):
+            logits = student(x)
+            teacher_logits = teacher_logits_for(x, rows) if teacher_logits_for else None
+            features = Features(dict(student_taps.outputs), dict(teacher_taps.outputs), x)
+            return logits, loss_fn(logits, teacher_logits, y, features)
+
+        result = fit(
+            student,
+            step_loss,
+            data,
+            train,
+            device=ctx.device,
+            checkpoint=checkpoint_path(ctx),
+            fingerprint=ctx.fingerprint,
+            label=label,
+            augment=train.augment,
+            companion=loss_fn,
+            tensorboard_dir=ctx.stage_dir / "tensorboard",
+        )
+    result.companion = loss_fn
+    return result
+
+
+def load_teacher(ctx: StageContext) -> nn.Module:
+    teacher, _, _ = load_model(ctx.input("teacher").path())
+    teacher.to(ctx.device).to(memory_format=torch.channels_last).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+def teacher_source(
+    teacher: nn.Module | None, ctx: StageContext, cached: bool
+) -> TeacherLogits | None:
+    """(x, rows) -> teacher logits: a live forward pass, or rows of the cached logits."""
+    if teacher is None:
+        return None
+    if not cached:
+
+        def live(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return teacher(x)
+
+        return live
+    logits = _cached_logits(teacher, ctx)
+    return lambda x, rows: logits[rows].to(x.device)
+
+
+def _cached_logits(teacher: nn.Module, ctx: StageContext) -> torch.Tensor:
+    """Teacher logits of the training split, shared by stages through the run's cache folder."""
+    split_keys = {"dataset", "root", "image_size", "channels", "mean", "std", "train_subset",
+                  "val_split"}  # fmt: skip
+    data_cfg = ctx.pipeline.data.model_dump(mode="json", include=split_keys)
+    key = sha256_json({"teacher": ctx.input("teacher").entry["artifacts"]["model"]["sha256"],
+                       "data": data_cfg, "seed": ctx.pipeline.seed})  # fmt: skip
+    path = ctx.run_dir / "cache" / f"teacher_logits-{key[:16]}.pt"
+    if path.exists():
+        stored = load_torch(path)
+        if stored.get("key") == key:
+            console.print(f"  reusing cached teacher logits ({path.name})")
+            return stored["logits"]
+    data = ctx.data()
+    console.print(f"  computing teacher logits once for {len(data.train):,} training images")
+    logits = predict(teacher, data, data.train, ctx.device)
+    save_torch({"key": key, "logits": logits}, path)
+    return logits

@@ -1,0 +1,1 @@
+"""Structured (channel) pruning on top of torch-pruning's dependency graph."""

@@ -1,0 +1,69 @@
+"""Every registered method trains a MobileNetV2 student from a ResNet-34 teacher through
+``compress run``, in one tiny pipeline with one distill stage per method."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from compress.distill import METHODS, load_methods
+from tests.conftest import requires_fashion
+
+load_methods()
+TINY_METHODS = {"attention": {"pairs": [{"student": "features.6", "teacher": "layer2"}]}}
+
+
+@pytest.mark.e2e
+@requires_fashion
+def test_every_method_runs_through_the_cli(cli, tmp_path: Path):
+    pipeline = {
+        "name": "methods",
+        "data": {"dataset": "fashion-mnist", "train_subset": 256, "test_subset": 128,
+                 "image_size": 16, "batch_size": 32},
+        "teacher": {"model": {"arch": "resnet34", "stem": "compact"}, "epochs": 1, "lr": 0.05,
+                    "augment": "none"},
+    }  # fmt: skip
+    student = {"arch": "mobilenet_v2", "width_mult": 0.25}
+    for name in METHODS.names():
+        method = {"name": name, **TINY_METHODS.get(name, {})}
+        pipeline[f"distill_{name}"] = {"type": "distill", "student": student, "epochs": 1,
+                                       "lr": 0.05, "method": method}  # fmt: skip
+    mix = [{"name": "kd", "alpha": 0.5}, {"name": "fitnets", "ce_weight": 0, "weight": 0.5}]
+    pipeline["distill_mix_kd_fitnets"] = {"type": "distill", "student": student, "epochs": 1,
+                                          "method": {"name": "mix", "parts": mix}}  # fmt: skip
+    pipeline["born_again"] = {"type": "distill", "input": "distill_kd", "student": student,
+                              "epochs": 1, "method": "kd"}  # fmt: skip
+    path = tmp_path / "methods.yaml"
+    path.write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    result = cli("run", str(path), "--run-dir", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    stages = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]
+    distilled = {k: v for k, v in stages.items() if v["type"] == "distill"}
+    assert len(distilled) == len(METHODS.names()) + 2  # one per method, a second mix, born-again
+    for name, entry in distilled.items():
+        assert entry["status"] == "done", name
+        assert 0.0 <= entry["metrics"]["top1"] <= 1.0
+    assert stages["distill_mix_kd_fitnets"]["metrics"]["method"] == "kd+fitnets"
+    assert stages["born_again"]["inputs"]["teacher"]["stage"] == "distill_kd"
+    assert stages["distill_mutual"]["metrics"]["peer_top1"]
+
+
+def test_bad_layer_name_is_one_clear_line(cli, tmp_path: Path):
+    from tests.conftest import tiny_pipeline
+
+    raw = tiny_pipeline()
+    raw["distill"]["method"] = {
+        "name": "fitnets",
+        "pairs": [{"student": "features.99", "teacher": "layer3"}],
+    }
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    if not (Path("/usr/share/datasets/fashion-mnist").is_dir()):
+        pytest.skip("needs Fashion-MNIST to reach the distill stage")
+    result = cli("run", str(path), "--run-dir", str(tmp_path / "run"))
+    out = result.stdout + result.stderr
+    assert result.returncode == 2 and "Traceback" not in out
+    assert "the student has no layer 'features.99'" in out and "did you mean" in out

@@ -1,0 +1,113 @@
+"""Structured pruning: valid shapes, budgets met, safe reload, ONNX export with parity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from compress.errors import CompressError
+from compress.export.onnx import export_onnx, onnx_session
+from compress.models import ModelSpec, build_model, load_model, save_model
+from compress.prune.structured import PruneTarget, count_macs_params, prune
+
+EXAMPLE = torch.randn(1, 3, 16, 16)
+
+
+def pruned(
+    arch: str, target: PruneTarget, importance: str = "l2", **kw
+) -> tuple[nn.Module, ModelSpec]:
+    torch.manual_seed(0)
+    width = 0.5 if arch == "mobilenet_v2" else 1.0
+    spec = ModelSpec(arch, 10, 3, width, "compact")
+    model = build_model(spec)
+    # non-trivial BN scales so importance rankings differ between channels
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.uniform_(m.weight, 0.1, 1.0)
+    prune(
+        model,
+        EXAMPLE,
+        importance=importance,
+        target=target,
+        global_ranking=False,
+        steps=2,
+        round_to=8,
+        ignored_layers=kw.get("ignored", []),
+    )
+    return model, ModelSpec(arch, 10, 3, width, "compact", pruned=True)
+
+
+@pytest.mark.parametrize("arch", ["mobilenet_v2", "resnet34"])
+@pytest.mark.parametrize("keep", [0.7, 0.5, 0.3])
+def test_macs_budget_is_met_and_shapes_stay_valid(arch, keep):
+    base_macs, _ = count_macs_params(
+        build_model(ModelSpec(arch, 10, 3, 0.5 if arch == "mobilenet_v2" else 1.0, "compact")),
+        EXAMPLE,
+    )
+    model, _ = pruned(arch, PruneTarget("macs", keep))
+    macs, _ = count_macs_params(model, EXAMPLE)
+    assert macs <= keep * base_macs
+    assert model(torch.randn(4, 3, 16, 16)).shape == (4, 10)
+
+
+def test_channels_are_rounded_to_multiples_of_8_and_depthwise_stays_depthwise():
+    model, _ = pruned("mobilenet_v2", PruneTarget("channels", 0.4))
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) and m.groups > 1:
+            assert m.groups == m.in_channels == m.out_channels
+    hidden = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups == 1]
+    assert sum(c % 8 == 0 for c in hidden) >= len(hidden) - 2  # the stem and tiny layers may not
+
+
+@pytest.mark.parametrize("importance", ["l1", "bn_scale", "lamp"])
+def test_every_importance_prunes(importance):
+    model, _ = pruned("mobilenet_v2", PruneTarget("channels", 0.3), importance=importance)
+    assert model(EXAMPLE).shape == (1, 10)
+
+
+def test_classifier_and_named_layers_are_left_whole():
+    model, _ = pruned("resnet34", PruneTarget("channels", 0.5), ignored=["layer1.0.conv1"])
+    assert model.fc.out_features == 10
+    assert model.layer1[0].conv1.out_channels == 64
+
+
+def test_unknown_ignored_layer_is_named():
+    with pytest.raises(
+        CompressError, match=r"no module 'layer1\.0\.conv' \(did you mean 'layer1\.0\.conv[12]'"
+    ):
+        pruned("resnet34", PruneTarget("channels", 0.5), ignored=["layer1.0.conv"])
+
+
+@pytest.mark.parametrize("arch", ["mobilenet_v2", "resnet34"])
+def test_pruned_model_reloads_safely_and_exports_with_parity(arch, tmp_path: Path):
+    model, spec = pruned(arch, PruneTarget("macs", 0.5))
+    model.eval()
+    save_model(model, spec, tmp_path / "pruned.pt", {})
+    loaded, loaded_spec, _ = load_model(tmp_path / "pruned.pt")  # weights_only=True inside
+    loaded.eval()
+    x = torch.randn(3, 3, 16, 16)
+    assert loaded_spec.pruned and torch.allclose(loaded(x), model(x), atol=1e-6)
+    export_onnx(
+        loaded,
+        tmp_path / "p.onnx",
+        input_shape=(3, 16, 16),
+        opset=18,
+        dynamic_batch=True,
+        metadata={},
+    )
+    session = onnx_session(tmp_path / "p.onnx")
+    out = session.run(None, {"input": x.numpy()})[0]
+    assert np.abs(out - model(x).detach().numpy()).max() < 1e-4
+
+
+def test_unpruned_checkpoint_of_wrong_width_still_fails(tmp_path: Path):
+    model, spec = pruned("mobilenet_v2", PruneTarget("macs", 0.5))
+    save_model(
+        model, ModelSpec(spec.arch, 10, 3, spec.width_mult, spec.stem), tmp_path / "x.pt", {}
+    )
+    with pytest.raises(Exception, match="does not fit architecture"):
+        load_model(tmp_path / "x.pt")
