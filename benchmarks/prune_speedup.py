@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compress.bench.backends import BACKENDS
+from compress.bench.backends import BackendOptions, load_runner
 from compress.bench.sidebyside import interleaved_latency
 
 
@@ -36,14 +36,15 @@ def main() -> None:
         print(f"MACs kept {prune['macs_kept']:.3f}, params kept {prune['params_kept']:.3f}; "
               f"top-1 {prune['before']['top1']:.4f} -> {prune['top1']:.4f}")  # fmt: skip
     runners = {
-        name: BACKENDS.get("onnxruntime")(path, args.threads) for name, path in paths.items()
+        name: load_runner("onnxruntime", path, BackendOptions(threads=args.threads))
+        for name, path in paths.items()
     }
     shape = [d if isinstance(d, int) else 1 for d in _input_shape(paths["unpruned"])]
     for batch_size in (1, 32):
         batch = (
             np.random.default_rng(0).standard_normal((batch_size, *shape[1:])).astype(np.float32)
         )
-        calls = {name: (lambda r=r, b=batch: r(b)) for name, r in runners.items()}
+        calls = {name: (lambda r=r, b=batch: r.call(b)) for name, r in runners.items()}
         stats = interleaved_latency(calls, batch_size, rounds=args.rounds)
         for name, s in stats.items():
             print(

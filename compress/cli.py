@@ -36,7 +36,9 @@ def run(
 ) -> None:
     """Run a pipeline's stages in order, skipping those whose config and inputs are unchanged."""
     from compress.config.load import load_pipeline
+    from compress.gates import EXIT_GATE_FAILED, evaluate_gates, gates_table
     from compress.io import write_text
+    from compress.report import write_report
     from compress.runner import run_pipeline
     from compress.summary import summary_markdown, summary_table
 
@@ -44,14 +46,26 @@ def run(
     target = run_dir or Path("runs") / config.name
     console.print(f"[bold]compress run[/] {pipeline} -> {target}/")
     manifest = run_pipeline(config, target, force=force)
+    gates = evaluate_gates(config.gates, manifest)
+    manifest.data["gates"] = gates
+    manifest.save()
     write_text(target / "summary.md", summary_markdown(manifest))
     if config.grid is not None:
         from compress.compare.report import write_compare_report
 
         for path in write_compare_report(manifest):
             console.print(f"comparison: {path}")
+    _, page = write_report(target)
     console.print(summary_table(manifest))
     console.print(f"manifest: {target / 'manifest.json'}   summary: {target / 'summary.md'}")
+    console.print(f"report: {page}")
+    if gates:
+        console.print(gates_table(gates))
+    failed = [g for g in gates if not g["passed"]]
+    for gate in failed:
+        console.print(f"[bold red]gate failed:[/] {gate['gate']}: {escape(gate['detail'])}")
+    if failed:
+        raise typer.Exit(EXIT_GATE_FAILED)
 
 
 @app.command()
@@ -70,28 +84,104 @@ def validate(
 
 @app.command()
 def bench(
-    artifact: Annotated[Path, typer.Argument(help="An ONNX file, or a model.pt of ours.")],
+    artifact: Annotated[
+        Path | None, typer.Argument(help="An ONNX file (ours or anyone's), or a model.pt of ours.")
+    ] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(help="onnxruntime | torch | torch-compile. Default: by file type."),
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu | cuda.")] = "cpu",
+    dtype: Annotated[str, typer.Option(help="fp32 | fp16 | bf16 (torch backends).")] = "fp32",
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,32",
     threads: Annotated[int | None, typer.Option(help="Inference threads.")] = None,
+    warmup_iterations: Annotated[int, typer.Option(help="Warm-up calls, at least.")] = 10,
+    warmup_seconds: Annotated[float, typer.Option(help="Warm-up seconds, at least.")] = 0.5,
+    min_iterations: Annotated[int, typer.Option(help="Timed calls per batch size.")] = 1000,
+    min_seconds: Annotated[float, typer.Option(help="Timed seconds per batch size.")] = 3.0,
+    max_seconds: Annotated[
+        float, typer.Option(help="Stop a batch size after this long even if short of minimums.")
+    ] = 30.0,
     dataset: Annotated[
-        str | None, typer.Option(help="Also measure top-1 on this dataset's test split.")
+        str | None, typer.Option(help="Also measure accuracy on this dataset's test split.")
     ] = None,
     data_root: Annotated[Path | None, typer.Option(help="Folder holding the dataset.")] = None,
-    min_seconds: Annotated[float, typer.Option(help="Timed seconds per batch size.")] = 2.0,
+    limit: Annotated[
+        int | None, typer.Option(help="Use only N test images for accuracy.", min=1)
+    ] = None,
+    teacher: Annotated[
+        Path | None, typer.Option(help="Another artifact: report top-1 agreement with it.")
+    ] = None,
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write all figures here.")
     ] = None,
+    compare: Annotated[
+        tuple[Path, Path] | None,
+        typer.Option(help="Two artifacts or two --json files: print B's figures against A's."),
+    ] = None,
 ) -> None:
-    """Latency percentiles, throughput and (with --dataset) accuracy of one artifact."""
-    from compress.bench.standalone import bench_artifact, results_table
+    """Latency percentiles, throughput, model size and MACs, and (with --dataset) accuracy."""
+    from compress.bench.backends import BACKENDS, BackendOptions
+    from compress.bench.standalone import (
+        BenchRequest,
+        bench_artifact,
+        compare_table,
+        load_or_bench,
+        results_table,
+    )
+    from compress.bench.timing import TimingPlan
     from compress.io import write_json
 
-    sizes = [int(s) for s in batch_sizes.split(",") if s.strip()]
-    results = bench_artifact(artifact, sizes, threads, dataset, data_root, min_seconds)
+    if backend is not None and backend not in BACKENDS:
+        raise CompressError(BACKENDS.unknown_message(backend))
+    if device not in ("cpu", "cuda") or dtype not in ("fp32", "fp16", "bf16"):
+        raise CompressError("--device is cpu or cuda; --dtype is fp32, fp16 or bf16")
+    try:
+        sizes = tuple(int(s) for s in batch_sizes.split(",") if s.strip())
+    except ValueError:
+        raise CompressError(
+            f"--batch-sizes expects numbers like 1,32, got '{batch_sizes}'"
+        ) from None
+    if not sizes or min(sizes) < 1:
+        raise CompressError(f"--batch-sizes expects positive numbers, got '{batch_sizes}'")
+    request = BenchRequest(
+        batch_sizes=sizes,
+        backend=backend,
+        options=BackendOptions(threads, device, dtype),  # type: ignore[arg-type]
+        plan=TimingPlan(
+            warmup_iterations, warmup_seconds, min_iterations, min_seconds, max_seconds
+        ),
+        dataset=dataset,
+        data_root=data_root,
+        limit=limit,
+        teacher=teacher,
+    )
+    if (artifact is None) == (compare is None):
+        raise CompressError("give one ARTIFACT to bench, or --compare A B")
+    if compare is not None:
+        first, second = (load_or_bench(path, request) for path in compare)
+        console.print(compare_table(first, second))
+        if json_path:
+            write_json(json_path, {"a": first, "b": second})
+            console.print(f"wrote {json_path}")
+        return
+    assert artifact is not None
+    results = bench_artifact(artifact, request)
     console.print(results_table(results))
     if json_path:
         write_json(json_path, results)
         console.print(f"wrote {json_path}")
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (holds manifest.json).")],
+) -> None:
+    """Write RUN_DIR/report.md and a self-contained RUN_DIR/report.html (figures embedded)."""
+    from compress.report import write_report
+
+    markdown, page = write_report(run_dir)
+    console.print(f"wrote {markdown} and {page}")
 
 
 @app.command()

@@ -82,3 +82,94 @@ def fake_fashion(tmp_path: Path) -> Path:
         write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)))
         write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
     return tmp_path
+
+
+def make_fake_run(run_dir: Path, bench_latency: dict | None = None) -> Path:
+    """A finished run directory written by hand (no training): teacher, distill, export, bench,
+    with histories, bench.json and raw latency samples; the numbers are made up but consistent."""
+    from compress.io import write_json
+    from compress.manifest import Manifest
+
+    rng = np.random.default_rng(0)
+    manifest = Manifest(run_dir, {"pipeline": {"name": "fake", "config_hash": "0" * 64,
+                                               "config": {"stages": {}}}})  # fmt: skip
+
+    def artifact(rel: str, content: bytes) -> dict:
+        path = run_dir / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+        return manifest.artifact_record(path)
+
+    def history(stage: str, top1s: list[float]) -> dict:
+        rows = [{"epoch": i + 1, "loss": 1.0 / (i + 1), "train_top1": t, "seconds": 1.0}
+                for i, t in enumerate(top1s)]  # fmt: skip
+        write_json(run_dir / stage / "history.json", rows)
+        return manifest.artifact_record(run_dir / stage / "history.json")
+
+    stages = manifest.stages
+    stages["teacher"] = {
+        "type": "teacher",
+        "status": "done",
+        "seconds": 10.0,
+        "inputs": {},
+        "metrics": {"top1": 0.90, "top5": 0.99, "params": 21_000_000},
+        "artifacts": {
+            "model": artifact("teacher/model.pt", b"t" * 4000),
+            "history": history("teacher", [0.7, 0.85, 0.9]),
+        },
+    }
+    stages["distill"] = {
+        "type": "distill",
+        "status": "done",
+        "seconds": 8.0,
+        "inputs": {"teacher": {"stage": "teacher"}},
+        "metrics": {"top1": 0.89, "top5": 0.99, "params": 2_000_000},
+        "artifacts": {
+            "model": artifact("distill/model.pt", b"s" * 1000),
+            "history": history("distill", [0.6, 0.8, 0.88]),
+        },
+    }
+    stages["export"] = {
+        "type": "export",
+        "status": "done",
+        "seconds": 2.0,
+        "inputs": {"student": {"stage": "distill", "path": "distill/model.pt"}},
+        "metrics": {"max_abs_diff": 1e-5, "top1_agreement": 1.0},
+        "artifacts": {"onnx": artifact("export/model.onnx", b"o" * 900)},
+    }
+    latency = bench_latency or {"onnxruntime": 1.0, "torch": 4.0, "teacher_torch": 10.0}
+    stats, samples = {}, {}
+    for label, p50 in latency.items():
+        stats[label] = {}
+        for bs in ("1", "8"):
+            times = p50 * int(bs) ** 0.5 * rng.lognormal(0.0, 0.1, 500)
+            samples[f"{label}/{bs}"] = times
+            stats[label][bs] = {"p50": float(np.percentile(times, 50)),
+                                "p99": float(np.percentile(times, 99)),
+                                "mean": float(times.mean()),
+                                "throughput": int(bs) * 1e3 / float(times.mean())}  # fmt: skip
+    models = {
+        "onnxruntime": {
+            "stage": "export",
+            "artifact": "onnx",
+            "params": 1_990_000,
+            "macs": 6_000_000,
+            "top1": 0.889,
+            "ece": 0.02,
+        },
+        "torch": {"stage": "distill", "artifact": "model", "macs": 6_000_000},
+        "teacher_torch": {"stage": "teacher", "artifact": "model", "macs": 70_000_000},
+    }
+    write_json(run_dir / "bench" / "bench.json", {"per_class_top1": {"a": 0.5, "b": 0.95}})
+    with open(run_dir / "bench" / "latency_samples.npz", "wb") as handle:
+        np.savez(handle, **samples)
+    stages["bench"] = {"type": "bench", "status": "done", "seconds": 5.0,
+                       "inputs": {"onnx": {"stage": "export"}, "teacher": {"stage": "teacher"}},
+                       "metrics": {"latency_ms": stats, "models": models, "top1": 0.889,
+                                   "top5": 0.99, "ece": 0.02, "teacher_top1": 0.90},
+                       "artifacts": {"report": manifest.artifact_record(run_dir / "bench" /
+                                                                        "bench.json"),
+                                     "samples": manifest.artifact_record(
+                                         run_dir / "bench" / "latency_samples.npz")}}  # fmt: skip
+    manifest.save()
+    return run_dir

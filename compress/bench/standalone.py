@@ -1,9 +1,15 @@
-"""``compress bench ARTIFACT``: time any ONNX classifier (or a model file of ours) and, given a
-dataset, measure its accuracy with the preprocessing stored in the file (or the dataset's)."""
+"""``compress bench ARTIFACT``: time any ONNX classifier (or a model file of ours) on a backend,
+count its parameters and MACs, and, given a dataset, measure its accuracy and calibration with the
+preprocessing stored in the file (or the dataset's defaults for a file made elsewhere)."""
 
 from __future__ import annotations
 
+import json
+import os
 import platform
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -11,13 +17,31 @@ import numpy as np
 import torch
 from rich.table import Table
 
-from compress.bench.backends import BACKENDS
-from compress.bench.timing import TimingPlan, summarize, time_calls
+from compress.bench.accuracy import agreement, classification_metrics
+from compress.bench.backends import BackendOptions, Runner, default_backend, load_runner
+from compress.bench.facts import model_facts
+from compress.bench.timing import TimingPlan, summarize
 from compress.errors import CompressError
+
+LATENCY_KEYS = ("mean", "p50", "p90", "p95", "p99", "p99_9", "max")
+
+
+@dataclass(frozen=True)
+class BenchRequest:
+    """Everything ``compress bench`` can be asked; the defaults are the command's defaults."""
+
+    batch_sizes: tuple[int, ...] = (1, 32)
+    backend: str | None = None  # default: onnxruntime for .onnx, torch for model.pt
+    options: BackendOptions = field(default_factory=BackendOptions)
+    plan: TimingPlan = field(default_factory=TimingPlan)
+    dataset: str | None = None
+    data_root: Path | None = None
+    limit: int | None = None  # test images used for accuracy; default: the whole test split
+    teacher: Path | None = None  # agreement of predictions with this artifact
 
 
 def describe_artifact(path: Path) -> dict[str, Any]:
-    """Backend, input name/shape and stored preprocessing of an artifact."""
+    """Input name/shape and stored preprocessing and labels of an artifact."""
     if not path.is_file():
         raise CompressError(f"artifact not found: {path}")
     if path.suffix == ".onnx":
@@ -32,9 +56,10 @@ def describe_artifact(path: Path) -> dict[str, Any]:
         first = session.get_inputs()[0]
         if first.type != "tensor(float)":
             raise CompressError(f"{path}: input '{first.name}' is {first.type}; float32 expected")
-        shape = list(first.shape)
+        if len(first.shape) != 4:
+            raise CompressError(f"{path}: input shape {first.shape} is not [batch, C, H, W]")
         meta = read_metadata(path)
-        return {"backend": "onnxruntime", "input_name": first.name, "shape": shape,
+        return {"input_name": first.name, "shape": list(first.shape),
                 "preprocess": meta.get("preprocess"), "labels": meta.get("labels")}  # fmt: skip
     from compress.models import load_model
 
@@ -42,71 +67,118 @@ def describe_artifact(path: Path) -> dict[str, Any]:
     pre = meta.get("preprocess")
     if pre is None:
         raise CompressError(f"{path} has no stored preprocessing; export it with compress first")
-    return {"backend": "torch", "input_name": "input",
-            "shape": ["batch", pre["channels"], *pre["size"]], "preprocess": pre,
-            "labels": meta.get("labels")}  # fmt: skip
+    return {"input_name": "input", "shape": ["batch", pre["channels"], *pre["size"]],
+            "preprocess": pre, "labels": meta.get("labels")}  # fmt: skip
 
 
-def bench_artifact(
-    path: Path,
-    batch_sizes: list[int],
-    threads: int | None,
-    dataset: str | None,
-    data_root: Path | None,
-    min_seconds: float,
-) -> dict[str, Any]:
+def bench_artifact(path: Path, request: BenchRequest) -> dict[str, Any]:
+    """Every figure of one artifact on one backend, as a JSON-ready dict."""
     info = describe_artifact(path)
     _, channels, height, width = info["shape"]
     if not all(isinstance(d, int) for d in (channels, height, width)):
         raise CompressError(f"{path}: input shape {info['shape']} must have fixed C, H, W")
     fixed_batch = info["shape"][0] if isinstance(info["shape"][0], int) else None
+    batch_sizes = list(request.batch_sizes)
     if fixed_batch is not None and any(bs != fixed_batch for bs in batch_sizes):
         batch_sizes = [fixed_batch]
-    runner = BACKENDS.get(info["backend"])(path, threads)
-    plan = TimingPlan(min_seconds=min_seconds, max_seconds=max(30.0, min_seconds * 3))
+    backend = request.backend or default_backend(path)
+    runner = load_runner(backend, path, request.options)
     latency = {}
     for bs in batch_sizes:
         batch = np.random.default_rng(0).standard_normal((bs, channels, height, width))
-        batch = batch.astype(np.float32)
-        latency[str(bs)] = summarize(time_calls(lambda b=batch, r=runner: r(b), plan), bs)
+        latency[str(bs)] = summarize(runner.time(batch.astype(np.float32), request.plan), bs)
     results: dict[str, Any] = {
         "artifact": str(path),
-        "backend": info["backend"],
+        "backend": backend,
+        "device": request.options.device,
+        "dtype": request.options.dtype,
         "input": {"name": info["input_name"], "shape": info["shape"]},
+        "model": model_facts(path),
+        "plan": asdict(request.plan),
         "latency_ms": latency,
-        "environment": environment(threads),
+        "environment": environment(request.options.threads),
     }
-    if dataset:
-        results["accuracy"] = _accuracy(runner, info, dataset, data_root, channels, height)
+    if request.dataset:
+        results["accuracy"] = _accuracy(runner, info, path, request, fixed_batch)
     return results
 
 
 def _accuracy(
-    runner: Any, info: dict[str, Any], dataset: str, root: Path | None, channels: int, size: int
+    runner: Runner,
+    info: dict[str, Any],
+    path: Path,
+    request: BenchRequest,
+    fixed_batch: int | None,
 ) -> dict[str, Any]:
-    from compress.config.base import DataConfig
-    from compress.data.module import DataModule
-    from compress.train.evaluate import accuracy
-
-    pre = info.get("preprocess") or {}
-    cfg = DataConfig(
-        dataset=dataset, root=root, image_size=size, channels=channels,
-        mean=pre.get("mean"), std=pre.get("std"), train_subset=1,
-    )  # fmt: skip
-    data = DataModule(cfg, seed=0)
-    logits = np.concatenate([runner(x.numpy()) for x, _, _ in data.eval_batches(data.test, 256)])
+    assert request.dataset is not None
+    data = _test_data(info, request)
+    logits = _logits(runner, data, fixed_batch)
     if logits.shape[1] != data.num_classes:
         raise CompressError(
-            f"the model has {logits.shape[1]} outputs but {dataset} has {data.num_classes} classes"
+            f"the model has {logits.shape[1]} outputs but {request.dataset} has "
+            f"{data.num_classes} classes"
         )
-    return {**accuracy(torch.from_numpy(logits), data.test.labels), "images": len(data.test)}
+    labels = data.test.labels.numpy()
+    result = {"dataset": request.dataset, "images": len(data.test),
+              **classification_metrics(logits, labels, data.classes)}  # fmt: skip
+    if request.teacher is not None:
+        teacher_info = describe_artifact(request.teacher)
+        teacher_runner = load_runner(
+            default_backend(request.teacher), request.teacher, request.options
+        )
+        teacher_fixed = teacher_info["shape"][0]
+        teacher_logits = _logits(
+            teacher_runner,
+            _test_data(teacher_info, request),
+            teacher_fixed if isinstance(teacher_fixed, int) else None,
+        )
+        teacher_top1 = float((teacher_logits.argmax(1) == labels).mean())
+        result["teacher"] = {
+            "artifact": str(request.teacher),
+            "top1": round(teacher_top1, 6),
+            "agreement": round(agreement(logits, teacher_logits), 6),
+        }
+    return result
+
+
+def _test_data(info: dict[str, Any], request: BenchRequest) -> Any:
+    """The dataset's test split prepared for this artifact's input (size, channels, mean, std)."""
+    from compress.config.base import DataConfig
+    from compress.data.module import DataModule
+
+    pre = info.get("preprocess") or {}
+    _, channels, height, _ = info["shape"]
+    if channels not in (1, 3):
+        raise CompressError(f"the model takes {channels} input channels; 1 or 3 expected")
+    try:
+        cfg = DataConfig(
+            dataset=request.dataset, root=request.data_root, image_size=height, channels=channels,
+            mean=pre.get("mean"), std=pre.get("std"), train_subset=1, test_subset=request.limit,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise CompressError(f"--dataset {request.dataset}: {exc}") from None
+    return DataModule(cfg, seed=0)
+
+
+def _logits(runner: Runner, data: Any, fixed_batch: int | None) -> np.ndarray:
+    outputs = []
+    for x, _, _ in data.eval_batches(data.test, fixed_batch or 256):
+        batch = x.numpy()
+        n = len(batch)
+        if fixed_batch and n < fixed_batch:  # a fixed-batch graph: pad the last batch
+            batch = np.concatenate([batch, np.zeros((fixed_batch - n, *batch.shape[1:]))])
+        outputs.append(runner.predict(batch.astype(np.float32))[:n])
+    return np.concatenate(outputs)
 
 
 def environment(threads: int | None) -> dict[str, Any]:
+    """CPU model and ISA flags, cores and threads, GPU and driver, library versions."""
+    import onnxruntime as ort
+
     from compress.manifest import library_versions
 
-    flags = set()
-    model = platform.processor()
+    flags: set[str] = set()
+    model = ""
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
         for line in cpuinfo.read_text().splitlines():
@@ -118,30 +190,110 @@ def environment(threads: int | None) -> dict[str, Any]:
     isa = [
         f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags
     ]
-    import os
-
-    return {
-        "cpu": model,
+    env: dict[str, Any] = {
+        "cpu": model or platform.processor() or platform.machine(),
         "isa": isa,
         "cores": os.cpu_count(),
         "threads": threads or torch.get_num_threads(),
+        "onnxruntime_providers": ort.get_available_providers(),
         "versions": library_versions(),
     }
+    if torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(0)
+        env["cuda"] = torch.version.cuda
+        env["gpu_driver"] = _nvidia_driver()
+    return env
+
+
+def _nvidia_driver() -> str | None:
+    if not shutil.which("nvidia-smi"):
+        return None
+    query = ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]
+    try:
+        out = subprocess.run(query, capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip().splitlines()[0] if out.stdout.strip() else None
 
 
 def results_table(results: dict[str, Any]) -> Table:
-    table = Table(title=f"{results['artifact']} ({results['backend']})")
-    for column in ("batch", "mean ms", "p50", "p90", "p95", "p99", "max", "items/s", "iters"):
+    title = f"{results['artifact']} ({results['backend']}, {results['device']}, {results['dtype']})"
+    table = Table(title=title)
+    for column in ("batch", "mean ms", "p50", "p90", "p95", "p99", "p99.9", "max", "items/s",
+                   "iters"):  # fmt: skip
         table.add_column(column, justify="right")
     for bs, s in results["latency_ms"].items():
         table.add_row(
-            bs, *(f"{s[k]:.3f}" for k in ("mean", "p50", "p90", "p95", "p99", "max")),
-            f"{s['throughput']:,.0f}", str(s["iterations"]),
+            bs, *(f"{s[k]:.3f}" for k in LATENCY_KEYS), f"{s['throughput']:,.0f}",
+            str(s["iterations"]),
         )  # fmt: skip
+    facts = results["model"]
+    caption = [
+        f"{facts['params'] / 1e6:.2f}M params, {facts['macs'] / 1e6:.1f}M MACs/image, "
+        f"{facts['bytes'] / 1e6:.1f} MB"
+    ]
     if "accuracy" in results:
         acc = results["accuracy"]
-        table.caption = (
-            f"top-1 {100 * acc['top1']:.2f}%  top-5 {100 * acc['top5']:.2f}% "
-            f"on {acc['images']:,} test images"
+        caption.append(
+            f"top-1 {100 * acc['top1']:.2f}%  top-5 {100 * acc['top5']:.2f}%  "
+            f"ECE {100 * acc['ece']:.2f}% on {acc['images']:,} {acc['dataset']} test images"
         )
+        if "teacher" in acc:
+            caption.append(
+                f"teacher top-1 {100 * acc['teacher']['top1']:.2f}%, "
+                f"agreement {100 * acc['teacher']['agreement']:.2f}%"
+            )
+    table.caption = "\n".join(caption)
+    return table
+
+
+def load_or_bench(path: Path, request: BenchRequest) -> dict[str, Any]:
+    """A results JSON written by ``--json``, or a fresh measurement of an artifact."""
+    if path.suffix == ".json":
+        if not path.is_file():
+            raise CompressError(f"results file not found: {path}")
+        results = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(results, dict) or "latency_ms" not in results:
+            raise CompressError(f"{path} is not a 'compress bench --json' results file")
+        return results
+    return bench_artifact(path, request)
+
+
+def compare_rows(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(figure, A, B, B vs A) for every figure both results have."""
+    rows = []
+    for bs in [bs for bs in a["latency_ms"] if bs in b["latency_ms"]]:
+        sa, sb = a["latency_ms"][bs], b["latency_ms"][bs]
+        for key in ("p50", "p99", "mean"):
+            rows.append((f"batch {bs} {key} ms", f"{sa[key]:.3f}", f"{sb[key]:.3f}",
+                         _times(sa[key] / sb[key], "faster", "slower")))  # fmt: skip
+        ratio = sb["throughput"] / sa["throughput"]
+        rows.append((f"batch {bs} items/s", f"{sa['throughput']:,.0f}",
+                     f"{sb['throughput']:,.0f}", f"{ratio:.2f}x"))  # fmt: skip
+    fa, fb = a.get("model", {}), b.get("model", {})
+    for key, scale, unit in (("params", 1e6, "M"), ("macs", 1e6, "M"), ("bytes", 1e6, " MB")):
+        if fa.get(key) and fb.get(key):
+            rows.append((key, f"{fa[key] / scale:.2f}{unit}", f"{fb[key] / scale:.2f}{unit}",
+                         _times(fa[key] / fb[key], "smaller", "larger")))  # fmt: skip
+    acc_a, acc_b = a.get("accuracy", {}), b.get("accuracy", {})
+    for key in ("top1", "top5", "ece"):
+        if key in acc_a and key in acc_b:
+            delta = 100 * (acc_b[key] - acc_a[key])
+            rows.append((key, f"{100 * acc_a[key]:.2f}%", f"{100 * acc_b[key]:.2f}%",
+                         f"{delta:+.2f} pts"))  # fmt: skip
+    return rows
+
+
+def _times(ratio: float, better: str, worse: str) -> str:
+    return f"{ratio:.2f}x {better}" if ratio >= 1 else f"{1 / ratio:.2f}x {worse}"
+
+
+def compare_table(a: dict[str, Any], b: dict[str, Any]) -> Table:
+    table = Table(title="compare: B vs A")
+    table.add_column("figure")
+    table.add_column(f"A: {Path(a['artifact']).name} ({a['backend']})", justify="right")
+    table.add_column(f"B: {Path(b['artifact']).name} ({b['backend']})", justify="right")
+    table.add_column("B vs A", justify="right")
+    for row in compare_rows(a, b):
+        table.add_row(*row)
     return table

@@ -24,6 +24,32 @@ from compress.compare.grid import GridConfig
 from compress.config.base import DataConfig, StrictModel
 
 
+class GatesConfig(StrictModel):
+    """Pass/fail limits checked after the stages; ``compress run`` exits with code 3 naming the
+    gate that failed. Every gate reads the last bench stage of the pipeline; unset gates are off.
+
+    - ``max_accuracy_drop``: teacher top-1 minus the benched ONNX file's top-1, in percentage
+      points, both on the held-out test split (0.5 allows 90.0% -> 89.5%).
+    - ``max_p99_ms``: p99 latency in ms of the ONNX file on onnxruntime (CPU) at ``batch_size``.
+    - ``min_speedup``: teacher p50 latency (PyTorch eager, CPU) divided by the ONNX file's p50 on
+      onnxruntime (CPU), both at ``batch_size`` and measured in the same bench stage.
+    """
+
+    max_accuracy_drop: float | None = Field(
+        None, ge=0.0, description="points of top-1 the ONNX file may lose against the teacher"
+    )
+    max_p99_ms: float | None = Field(
+        None, gt=0.0, description="p99 ms of the ONNX file on onnxruntime at batch_size"
+    )
+    min_speedup: float | None = Field(
+        None, gt=0.0, description="teacher PyTorch p50 / ONNX onnxruntime p50 at batch_size"
+    )
+    batch_size: int = Field(1, ge=1, description="batch size the latency gates read")
+
+    def active(self) -> dict[str, float]:
+        return {k: v for k, v in self.model_dump().items() if k != "batch_size" and v is not None}
+
+
 class PipelineSettings(StrictModel):
     """Global keys of a pipeline file."""
 
@@ -45,6 +71,9 @@ class PipelineSettings(StrictModel):
     grid: GridConfig | None = Field(
         None, description="compare methods x seeds, and sweeps of T and alpha (see Comparisons)"
     )
+    gates: GatesConfig = Field(
+        default_factory=GatesConfig, description="limits checked after the run (exit code 3)"
+    )
 
     @model_validator(mode="after")
     def _check_stage_inputs(self) -> PipelineSettings:
@@ -60,6 +89,31 @@ class PipelineSettings(StrictModel):
                 if producer is None and required:
                     explicit = cfg.input if i == 0 else None
                     raise ValueError(_no_producer_message(name, kind, explicit, earlier))
+        return self
+
+    @model_validator(mode="after")
+    def _check_gates(self) -> PipelineSettings:
+        """A gate must be measurable by the pipeline's last bench stage: fail before any compute."""
+        active = self.gates.active()
+        if not active:
+            return self
+        benches = [(n, c) for n, c in self.stage_items() if c.type == "bench"]
+        if not benches:
+            raise ValueError(f"gates ({', '.join(active)}) need a bench stage")
+        name, bench = benches[-1]
+        has_teacher = any(c.type == "teacher" for _, c in self.stage_items())
+        if {"max_p99_ms", "min_speedup"} & set(active):
+            if self.gates.batch_size not in bench.batch_sizes:
+                raise ValueError(
+                    f"gates.batch_size {self.gates.batch_size} is not in {name}.batch_sizes "
+                    f"{bench.batch_sizes}"
+                )
+            if "onnxruntime" not in bench.backends or "cpu" not in bench.devices:
+                raise ValueError(f"latency gates read onnxruntime on cpu, which {name} skips")
+        if "min_speedup" in active and not (bench.include_teacher and has_teacher):
+            raise ValueError(f"gates.min_speedup needs a teacher stage and {name}.include_teacher")
+        if "max_accuracy_drop" in active and not (bench.accuracy and has_teacher):
+            raise ValueError(f"gates.max_accuracy_drop needs a teacher stage and {name}.accuracy")
         return self
 
     def stage_items(self) -> list[tuple[str, Any]]:

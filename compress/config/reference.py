@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from compress.config.base import DataConfig, ModelConfig, TrainConfig
-from compress.config.pipeline import PipelineSettings
+from compress.config.pipeline import GatesConfig, PipelineSettings
 from compress.errors import CompressError
 
 START = "<!-- config-reference:start -->"
@@ -64,6 +64,13 @@ def blocks() -> list[Block]:
         ),
         Block(
             "`data`", DataConfig, list(DataConfig.model_fields), "Which images, and how.", "data."
+        ),
+        Block(
+            "`gates`",
+            GatesConfig,
+            list(GatesConfig.model_fields),
+            "Optional pass/fail limits, checked after the stages (see [Gates](#gates)).",
+            "gates.",
         ),
         Block(
             "Keys every stage has",

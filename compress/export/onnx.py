@@ -92,14 +92,16 @@ def read_metadata(path: Path) -> dict[str, Any]:
     return out
 
 
-def onnx_session(path: Path, threads: int | None = None) -> Any:
+def onnx_session(
+    path: Path, threads: int | None = None, provider: str = "CPUExecutionProvider"
+) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), options, providers=[provider])
 
 
 def onnx_logits(session: Any, batches: Any) -> np.ndarray:

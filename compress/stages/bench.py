@@ -1,90 +1,171 @@
-"""bench: latency and throughput of the exported ONNX (onnxruntime) and of the PyTorch model it
-came from, per batch size, plus the ONNX artifact's own top-1 on the full test split."""
+"""bench: latency and throughput of the exported ONNX (onnxruntime) and of the PyTorch models it
+came from, per batch size, plus the ONNX artifact's own accuracy and calibration on the full test
+split. Uses the same runners and timing as ``compress bench``; the raw latency samples go to
+``latency_samples.npz`` (one array per ``<label>/<batch>``) for the report's distributions."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from pydantic import Field
 
-from compress.bench.backends import BACKENDS
-from compress.bench.timing import TimingPlan, summarize, time_calls
+from compress.bench.accuracy import classification_metrics
+from compress.bench.backends import BackendOptions, load_runner
+from compress.bench.facts import model_facts
+from compress.bench.standalone import environment
+from compress.bench.timing import TimingPlan, summarize
 from compress.export.onnx import onnx_logits, onnx_session
-from compress.io import write_json
+from compress.io import atomic_path, write_json
 from compress.stages.base import STAGES, StageConfig, StageContext, StageResult, StageSpec
-from compress.train.evaluate import accuracy
 from compress.ui import console
+
+SAMPLES_FILE = "latency_samples.npz"
 
 
 class BenchConfig(StageConfig):
     type: Literal["bench"] = "bench"
-    backends: list[Literal["onnxruntime", "torch"]] = Field(
+    backends: list[Literal["onnxruntime", "torch", "torch-compile"]] = Field(
         default_factory=lambda: ["onnxruntime", "torch"],
-        description="onnxruntime runs the ONNX file; torch runs the model it was exported from",
+        description="onnxruntime runs the ONNX file; torch (eager) and torch-compile run the "
+        "model it was exported from",
+    )
+    devices: list[Literal["cpu", "cuda"]] = Field(
+        default_factory=lambda: ["cpu"],
+        description="cuda entries are skipped, with a note, on a machine without a GPU",
     )
     batch_sizes: list[int] = Field(
         default_factory=lambda: [1, 32], description="each is timed separately"
     )
-    include_teacher: bool = Field(True, description="also time the teacher in PyTorch")
+    include_teacher: bool = Field(True, description="also time the teacher in PyTorch (eager)")
     threads: int | None = Field(None, ge=1, description="inference threads; default: all cores")
     warmup_iterations: int = Field(10, ge=0, description="untimed calls first...")
     warmup_seconds: float = Field(0.5, ge=0.0, description="...and for at least this long")
-    min_iterations: int = Field(200, ge=1, description="timed calls, at least...")
-    min_seconds: float = Field(2.0, ge=0.0, description="...and for at least this long")
+    min_iterations: int = Field(1000, ge=1, description="timed calls, at least...")
+    min_seconds: float = Field(3.0, ge=0.0, description="...and for at least this long")
     max_seconds: float = Field(20.0, gt=0.0, description="per backend and batch size")
-    accuracy: bool = Field(True, description="top-1/top-5 of the ONNX file on the test split")
+    accuracy: bool = Field(True, description="top-1/top-5/ECE of the ONNX file on the test split")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One artifact on one backend and device; ``label`` keys ``latency_ms``."""
+
+    label: str
+    backend: str
+    device: str
+    path: Path
+    stage: str
+    artifact: str
 
 
 def run(cfg: BenchConfig, ctx: StageContext) -> StageResult:
-    onnx_input = ctx.input("onnx")
-    onnx_path = onnx_input.path("onnx")
-    student_ref = onnx_input.entry["inputs"]["student"]
-    student_path = ctx.run_dir / student_ref["path"]
     data = ctx.data()
     p = data.preprocess
     plan = TimingPlan(
         cfg.warmup_iterations, cfg.warmup_seconds, cfg.min_iterations, cfg.min_seconds,
         cfg.max_seconds,
     )  # fmt: skip
-    targets = [(backend, onnx_path if backend == "onnxruntime" else student_path)
-               for backend in cfg.backends]  # fmt: skip
-    if cfg.include_teacher and "teacher" in ctx.inputs:
-        targets.append(("teacher_torch", ctx.input("teacher").path()))
+    targets, skipped = _targets(cfg, ctx)
+    for note in skipped:
+        console.print(f"  [yellow]{note}[/]")
 
     latency: dict[str, dict[str, Any]] = {}
-    for label, path in targets:
-        runner = BACKENDS.get("torch" if label == "teacher_torch" else label)(path, cfg.threads)
-        latency[label] = {}
+    models: dict[str, dict[str, Any]] = {}
+    samples: dict[str, np.ndarray] = {}
+    for target in targets:
+        options = BackendOptions(cfg.threads, target.device)  # type: ignore[arg-type]
+        runner = load_runner(target.backend, target.path, options)
+        models[target.label] = {
+            "stage": target.stage, "artifact": target.artifact, "backend": target.backend,
+            "device": target.device, **model_facts(target.path),
+        }  # fmt: skip
+        latency[target.label] = {}
         for bs in cfg.batch_sizes:
             batch = np.random.default_rng(0).standard_normal((bs, p.channels, p.size, p.size))
-            batch = batch.astype(np.float32)
-            stats = summarize(time_calls(lambda b=batch, r=runner: r(b), plan), bs)
-            latency[label][str(bs)] = stats
+            times = runner.time(batch.astype(np.float32), plan)
+            stats = summarize(times, bs)
+            latency[target.label][str(bs)] = stats
+            samples[f"{target.label}/{bs}"] = times
             console.print(
-                f"  {label:<14} batch {bs:>4}: p50 {stats['p50']:8.3f} ms  "
+                f"  {target.label:<14} batch {bs:>4}: p50 {stats['p50']:8.3f} ms  "
                 f"p99 {stats['p99']:8.3f} ms  {stats['throughput']:10,.0f} img/s"
             )
 
+    onnx_input = ctx.input("onnx")
+    onnx_facts = model_facts(onnx_input.path("onnx"))
     metrics: dict[str, Any] = {
         "latency_ms": latency,
         "threads": cfg.threads or torch.get_num_threads(),
+        "models": models,
+        "params": onnx_facts["params"],
+        "macs": onnx_facts["macs"],
+        "skipped": skipped,
+        "environment": environment(cfg.threads),
     }
+    per_class: dict[str, Any] = {}
     if cfg.accuracy:
-        session = onnx_session(onnx_path, cfg.threads)
+        session = onnx_session(onnx_input.path("onnx"), cfg.threads)
         logits = onnx_logits(session, (x for x, _, _ in data.eval_batches(data.test)))
-        metrics.update(accuracy(torch.from_numpy(logits), data.test.labels))
+        measured = classification_metrics(logits, data.test.labels.numpy(), data.classes)
+        per_class = measured.pop("per_class_top1")
+        metrics.update(measured)
         metrics["test_images"] = len(data.test)
+        student_ref = onnx_input.entry["inputs"]["student"]
         student_top1 = ctx.entry(student_ref["stage"]).get("metrics", {}).get("top1")
         if student_top1 is not None:
             metrics["torch_top1"] = student_top1
             metrics["top1_delta_vs_torch"] = metrics["top1"] - student_top1
+        for entry in models.values():  # the accuracy belongs to the ONNX file
+            if entry["artifact"] == "onnx":
+                entry.update(top1=metrics["top1"], top5=metrics["top5"], ece=metrics["ece"])
     if "teacher" in ctx.inputs:
         metrics["teacher_top1"] = ctx.input("teacher").metrics.get("top1")
+
     report = ctx.stage_dir / "bench.json"
-    write_json(report, metrics)
-    return StageResult(metrics=metrics, artifacts={"report": report})
+    write_json(report, {**metrics, "per_class_top1": per_class})
+    samples_path = ctx.stage_dir / SAMPLES_FILE
+    with atomic_path(samples_path) as tmp, open(tmp, "wb") as handle:
+        np.savez_compressed(handle, **samples)
+    return StageResult(metrics=metrics, artifacts={"report": report, "samples": samples_path})
+
+
+def _targets(cfg: BenchConfig, ctx: StageContext) -> tuple[list[Target], list[str]]:
+    """What to time: the ONNX file and its source model per backend, and the teacher (eager)."""
+    onnx_input = ctx.input("onnx")
+    student_ref = onnx_input.entry["inputs"]["student"]
+    student_path = ctx.run_dir / student_ref["path"]
+    targets, skipped = [], []
+    for device in cfg.devices:
+        if device == "cuda" and not torch.cuda.is_available():
+            skipped.append("cuda: no CUDA device on this machine, cuda timings skipped")
+            continue
+        suffix = "" if device == "cpu" else f"-{device}"
+        for backend in cfg.backends:
+            if backend == "onnxruntime":
+                targets.append(Target(backend + suffix, backend, device, onnx_input.path("onnx"),
+                                      onnx_input.stage, "onnx"))  # fmt: skip
+            else:
+                targets.append(Target(backend + suffix, backend, device, student_path,
+                                      student_ref["stage"], "model"))  # fmt: skip
+        if cfg.include_teacher and "teacher" in ctx.inputs:
+            teacher = ctx.input("teacher")
+            targets.append(Target("teacher_torch" + suffix, "torch", device, teacher.path(),
+                                  teacher.stage, "model"))  # fmt: skip
+    return targets, skipped
+
+
+def load_samples(path: Path) -> dict[str, dict[str, np.ndarray]]:
+    """``{label: {batch: latencies_ms}}`` from a stage's ``latency_samples.npz``."""
+    out: dict[str, dict[str, np.ndarray]] = {}
+    with np.load(path) as stored:
+        for key in stored.files:
+            label, _, bs = key.rpartition("/")
+            out.setdefault(label, {})[bs] = stored[key]
+    return out
 
 
 STAGES.register("bench")(

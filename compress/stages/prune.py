@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
-from compress.bench.backends import BACKENDS
+from compress.bench.backends import BackendOptions, load_runner
 from compress.bench.sidebyside import interleaved_latency
 from compress.config.base import TrainConfig
 from compress.distill.config import DistillSettings
@@ -143,8 +143,8 @@ def _side_by_side(
         for name, model in (("unpruned", unpruned), ("pruned", copy.deepcopy(pruned))):
             path = Path(tmp) / f"{name}.onnx"
             export_onnx(model, path, input_shape=shape, opset=18, dynamic_batch=True, metadata={})
-            runner = BACKENDS.get("onnxruntime")(path, None)
-            calls[name] = lambda r=runner: r(batch)
+            runner = load_runner("onnxruntime", path, BackendOptions())
+            calls[name] = lambda r=runner: r.call(batch)
         stats = interleaved_latency(calls, batch_size)
     for name, s in stats.items():
         console.print(f"  {name:<9} onnxruntime batch {batch_size}: p50 {s['p50']:.3f} ms, "
