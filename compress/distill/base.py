@@ -31,6 +31,10 @@ class MethodParams(StrictModel):
         """Module paths whose outputs the loss needs: (student layers, teacher layers)."""
         return [], []
 
+    def hard_label_weight(self) -> float:
+        """How much hard-label cross-entropy the loss contains (a mix keeps it in one part)."""
+        return 1.0
+
 
 class ClassifierLossParams(MethodParams):
     """Hard-label settings every method that uses cross-entropy shares."""
@@ -42,6 +46,9 @@ class FeatureLossParams(ClassifierLossParams):
     """Feature methods add their term to ``ce_weight * CE``; in a mix only one part keeps CE."""
 
     ce_weight: float = Field(1.0, ge=0.0, description="weight of the hard-label cross-entropy")
+
+    def hard_label_weight(self) -> float:
+        return self.ce_weight
 
 
 class LayerPair(StrictModel):

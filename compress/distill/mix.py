@@ -22,16 +22,6 @@ PartConfig = Annotated[
 ]
 
 
-def ce_weight_of(params: MethodParams) -> float:
-    """How much hard-label cross-entropy a method's loss contains."""
-    for key in ("ce_weight", "alpha"):  # feature methods; kd and self
-        if hasattr(params, key) and key in type(params).model_fields:
-            if key == "alpha" and params.name == "dkd":
-                continue
-            return float(getattr(params, key))
-    return 1.0
-
-
 class MixParams(MethodParams):
     name: Literal["mix"] = "mix"
     parts: list[PartConfig] = Field(  # type: ignore[valid-type]
@@ -45,7 +35,7 @@ class MixParams(MethodParams):
 
     @model_validator(mode="after")
     def _one_cross_entropy(self) -> MixParams:
-        if sum(ce_weight_of(p) > 0 for p in self.parts) > 1:
+        if sum(p.hard_label_weight() > 0 for p in self.parts) > 1:
             raise ValueError(
                 "only one part of a mix may keep the hard-label loss; set ce_weight: 0 "
                 "(kd, self: alpha: 0) on the others"

@@ -28,6 +28,9 @@ class KDParams(ClassifierLossParams):
     temperature: float = Field(4.0, gt=0.0, description="softening temperature T")
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the hard-label CE")
 
+    def hard_label_weight(self) -> float:
+        return self.alpha
+
 
 def kd_divergence(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
     """T^2 * KL(p_teacher || p_student) at temperature T, averaged over the batch."""

@@ -29,6 +29,9 @@ class SelfParams(ClassifierLossParams):
     temperature: float = Field(4.0, gt=0.0, description="softening temperature T")
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the hard-label CE")
 
+    def hard_label_weight(self) -> float:
+        return self.alpha
+
 
 class SelfLoss(DistillLoss):
     def __init__(self, params: SelfParams, shapes: object = None, student: object = None) -> None:
