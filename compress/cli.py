@@ -33,6 +33,10 @@ def run(
         Path | None, typer.Option(help="Run directory. Default: runs/<pipeline name>/.")
     ] = None,
     force: Annotated[bool, typer.Option(help="Re-run every stage, even unchanged ones.")] = False,
+    rerun: Annotated[
+        list[str] | None,
+        typer.Option(help="Re-run this stage (repeatable); its consumers follow if it changed."),
+    ] = None,
 ) -> None:
     """Run a pipeline's stages in order, skipping those whose config and inputs are unchanged."""
     from compress.config.load import load_pipeline
@@ -45,7 +49,7 @@ def run(
     config = load_pipeline(pipeline, overrides)
     target = run_dir or Path("runs") / config.name
     console.print(f"[bold]compress run[/] {pipeline} -> {target}/")
-    manifest = run_pipeline(config, target, force=force)
+    manifest = run_pipeline(config, target, force=force, rerun=rerun)
     gates = evaluate_gates(config.gates, manifest)
     manifest.data["gates"] = gates
     manifest.save()

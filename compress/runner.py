@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from compress.config.pipeline import PipelineSettings, find_producer
-from compress.errors import CompressError
+from compress.errors import CompressError, did_you_mean
 from compress.io import sha256_json
 from compress.manifest import Manifest, library_versions
 from compress.stages import STAGES, StageContext, StageInput
@@ -31,7 +31,18 @@ from compress.ui import console
 HASH_EXCLUDED_DATA_KEYS = ("workers", "eval_batch_size", "cache")
 
 
-def run_pipeline(pipeline: PipelineSettings, run_dir: Path, force: bool = False) -> Manifest:
+def run_pipeline(
+    pipeline: PipelineSettings,
+    run_dir: Path,
+    force: bool = False,
+    rerun: list[str] | None = None,
+) -> Manifest:
+    """``force`` re-runs every stage; ``rerun`` names stages to re-run from scratch (stages that
+    consume their outputs re-run too when the outputs' checksums change)."""
+    names = [n for n, _ in pipeline.stage_items()]
+    for name in rerun or []:
+        if name not in names:
+            raise CompressError(f"--rerun: no stage '{name}'{did_you_mean(name, names)}")
     run_dir.mkdir(parents=True, exist_ok=True)
     with run_lock(run_dir):
         manifest = Manifest.load(run_dir)
@@ -47,12 +58,13 @@ def run_pipeline(pipeline: PipelineSettings, run_dir: Path, force: bool = False)
             spec = STAGES.get(cfg.type)
             inputs = _resolve_inputs(name, cfg, stages[:position], manifest)
             fingerprint = stage_fingerprint(pipeline, cfg, inputs)
-            if not force and _unchanged(manifest, name, fingerprint):
+            again = force or name in (rerun or [])
+            if not again and _unchanged(manifest, name, fingerprint):
                 console.print(f"[dim]• {name}: unchanged, skipped[/]")
                 continue
             stage_dir = run_dir / name
             stage_dir.mkdir(parents=True, exist_ok=True)
-            if force:
+            if again:
                 (stage_dir / "checkpoint.pt").unlink(missing_ok=True)
             console.rule(f"[bold]{name}[/] ({cfg.type})", align="left")
             entry = {"type": cfg.type, "status": "running", "config_hash": fingerprint,

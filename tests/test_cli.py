@@ -69,6 +69,11 @@ def test_quickstart_shaped_run_end_to_end(cli, tmp_path: Path):
     assert changed.returncode == 0
     assert changed.stdout.count("unchanged, skipped") == 3
 
+    rerun = cli("run", str(pipeline), "--run-dir", str(run_dir), "--rerun", "bench")
+    assert rerun.returncode == 0 and rerun.stdout.count("unchanged, skipped") == 3
+    typo = cli("run", str(pipeline), "--run-dir", str(run_dir), "--rerun", "bnch")
+    assert typo.returncode == 2 and "no stage 'bnch' (did you mean 'bench'?)" in typo.stdout
+
     onnx_path = run_dir / "export" / "model.onnx"
     report = tmp_path / "bench.json"
     standalone = cli("bench", str(onnx_path), "--dataset", "fashion-mnist", "--batch-sizes", "1,4",
