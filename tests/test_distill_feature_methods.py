@@ -174,3 +174,11 @@ def test_taps_capture_by_module_path_and_bad_names_suggest():
         FeatureTaps(model, ["features.133"], "the student")
     taps = FeatureTaps(nn.Sequential(nn.Linear(2, 3)), ["0"], "m")
     assert taps.outputs == {}
+
+
+def test_dkd_warmup_ramps_the_kd_terms_linearly():
+    spec = METHODS.get("dkd")
+    loss_fn = spec.build(spec.params(warmup_steps=4, ce_weight=0.0))
+    full = spec.build(spec.params(ce_weight=0.0))(LOGITS_S, LOGITS_T, LABELS).item()
+    ramp = [loss_fn(LOGITS_S, LOGITS_T, LABELS).item() / full for _ in range(6)]
+    assert ramp == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0, 1.0])
