@@ -35,13 +35,13 @@ def model_facts(path: Path) -> dict[str, Any]:
         proto = onnx.load(str(path))
         facts = {"format": "onnx", "params": onnx_params(proto), "macs": onnx_macs(proto)}
     else:
-        from compress.models import load_model
+        from compress.models import count_params, load_model
 
         model, spec, meta = load_model(path)
         height, width = meta.get("preprocess", {}).get("size", [32, 32])
         facts = {
             "format": "pytorch",
-            "params": sum(p.numel() for p in model.parameters()),
+            "params": count_params(model),
             "macs": torch_macs(model, (spec.in_channels, height, width)),
         }
     return {**facts, "bytes": path.stat().st_size}

@@ -38,6 +38,10 @@ class ModelSpec:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
 def build_model(spec: ModelSpec) -> nn.Module:
     builder = MODELS.get(spec.arch)
     return builder(spec.num_classes, spec.in_channels, spec.width_mult, spec.stem)

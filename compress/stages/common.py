@@ -10,7 +10,7 @@ from torch import nn
 from compress.config.base import ModelConfig
 from compress.data.module import DataModule
 from compress.io import write_json
-from compress.models import ModelSpec, save_model
+from compress.models import ModelSpec, count_params, save_model
 from compress.models.registry import resolve_stem
 from compress.stages.base import StageContext, StageResult
 from compress.train.evaluate import evaluate
@@ -24,10 +24,6 @@ def model_spec(cfg: ModelConfig, data: DataModule) -> ModelSpec:
         width_mult=cfg.width_mult,
         stem=resolve_stem(cfg.stem, data.preprocess.size),
     )
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def finish_model(
