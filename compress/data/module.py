@@ -57,11 +57,23 @@ class Split:
         """The first ``n`` images (all of them when n is 0 or larger than the split)."""
         if not n or n >= len(self):
             return self
+        return self.take(torch.arange(n))
+
+    def take(self, rows: torch.Tensor) -> Split:
+        """The images at ``rows``, in that order."""
         return Split(
-            labels=self.labels[:n],
-            images=None if self.images is None else self.images[:n],
+            labels=self.labels[rows],
+            images=None if self.images is None else self.images[rows],
             source=self.source,
-            indices=None if self.indices is None else self.indices[:n],
+            indices=None if self.indices is None else self.indices[rows],
+        )
+
+    def sample(self, n: int, seed: int) -> Split:
+        """``n`` images drawn at random without replacement (class-sorted folders included)."""
+        if n >= len(self):
+            return self
+        return self.take(
+            torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
         )
 
 

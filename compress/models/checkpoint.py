@@ -32,6 +32,7 @@ class ModelSpec:
     width_mult: float = 1.0
     stem: str = "cifar"
     pruned: bool = False  # layer widths come from the state_dict (see resize_to_state_dict)
+    quant: dict[str, Any] | None = None  # fake-quantized with these settings (compress.quant)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
@@ -61,6 +62,10 @@ def load_model(path: Path) -> tuple[nn.Module, ModelSpec, dict[str, Any]]:
     model = build_model(spec)
     if spec.pruned:
         resize_to_state_dict(model, payload["state_dict"])
+    if spec.quant is not None:  # rebuilt by the same deterministic transformation
+        from compress.quant.prepare import QuantSpec, quantize_model
+
+        model = quantize_model(model, QuantSpec.from_dict(spec.quant))
     load_state_dict_checked(model, payload["state_dict"], path, spec.arch)
     return model, spec, payload.get("meta", {})
 
@@ -110,13 +115,23 @@ def resize_to_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> No
 
     A structurally pruned model is saved as its original architecture's spec plus a smaller
     state_dict; rebuilding the architecture and narrowing its layers to the saved shapes restores
-    it without pickling any module. Depthwise convs stay depthwise.
+    it without pickling any module. Depthwise convs stay depthwise. A quantized model's state has
+    no BatchNorm (folded into the convs): each BatchNorm then takes the width of the conv before it.
     """
+    previous_conv_out: int | None = None
     for name, module in list(model.named_modules()):
         weight = state.get(f"{name}.weight")
         if weight is None:
+            if isinstance(module, nn.BatchNorm2d) and previous_conv_out not in (
+                None,
+                module.num_features,
+            ):
+                _replace(
+                    model, name, nn.BatchNorm2d(previous_conv_out, module.eps, module.momentum)
+                )
             continue
         if isinstance(module, nn.Conv2d):
+            previous_conv_out = weight.shape[0]
             depthwise = module.groups > 1 and module.groups == module.in_channels
             groups = weight.shape[0] if depthwise else module.groups
             if weight.shape != module.weight.shape or groups != module.groups:

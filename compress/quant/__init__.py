@@ -1,0 +1,1 @@
+"""INT8: fake-quantized models that export to the Q/DQ ONNX graphs integer kernels run."""
