@@ -1,0 +1,29 @@
+"""ptq: post-training INT8 quantization, calibration only; the cheap baseline QAT must beat."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from compress.quant.calibration import finish_quantized, quantize_input
+from compress.quant.config import QuantSettings
+from compress.stages.base import STAGES, StageConfig, StageContext, StageResult, StageSpec
+
+
+class PtqConfig(QuantSettings, StageConfig):
+    type: Literal["ptq"] = "ptq"
+
+
+def run(cfg: PtqConfig, ctx: StageContext) -> StageResult:
+    model, spec, metrics = quantize_input(cfg, ctx)
+    return finish_quantized(model, spec, ctx, [], metrics)
+
+
+STAGES.register("ptq")(
+    StageSpec(
+        config=PtqConfig,
+        run=run,
+        produces="student",
+        consumes=lambda cfg: {"student": True},
+        summary="post-training INT8 quantization: fold BatchNorm, calibrate activation ranges",
+    )
+)
