@@ -11,6 +11,7 @@ from compress.manifest import Manifest
 COLUMNS = ("model", "top1", "params", "size", "batch", "p50 ms", "p99 ms", "img/s")
 BACKEND_LABELS = {
     "onnxruntime": "{onnx} ONNX, onnxruntime",
+    "onnxruntime-fp32": "{onnx} FP32 twin ONNX, onnxruntime",
     "torch": "student, PyTorch eager",
     "teacher_torch": "teacher, PyTorch eager",
 }
@@ -24,7 +25,7 @@ def model_rows(manifest: Manifest) -> list[dict[str, str]]:
         if entry.get("status") != "done":
             continue
         metrics = entry.get("metrics", {})
-        if entry["type"] in ("teacher", "distill"):
+        if "model" in entry.get("artifacts", {}) and "top1" in metrics:  # every trained model
             rows.append({"model": f"{name}, PyTorch", "top1": _pct(metrics.get("top1")),
                          "params": _millions(metrics.get("params")),
                          "size": _mb(_bytes(entry, "model"))})  # fmt: skip
@@ -42,6 +43,9 @@ def _bench_rows(entry: dict[str, Any], stages: dict[str, Any]) -> list[dict[str,
         if backend == "onnxruntime":
             head["top1"] = _pct(metrics.get("top1"))
             head["size"] = _mb(_bytes(stages.get(onnx_stage, {}), "onnx"))
+        if backend == "onnxruntime-fp32":
+            head["top1"] = _pct(metrics.get("fp32_onnx_top1"))
+            head["size"] = _mb(_bytes(stages.get(onnx_stage, {}), "onnx_fp32"))
         for bs, stats in per_batch.items():
             timing = {
                 "batch": bs,

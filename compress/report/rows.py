@@ -64,8 +64,8 @@ def model_rows(manifest: Manifest) -> list[ModelRow]:
         metrics = entry.get("metrics", {})
         for key, record in entry.get("artifacts", {}).items():
             fmt = FORMATS.get(Path(record.get("path", "")).suffix)
-            if fmt is None:
-                continue
+            if fmt is None or not record["path"].startswith(f"{name}/"):
+                continue  # not a model, or another stage's file it refers to (float_model)
             base[(name, key)] = ModelRow(
                 stage=name, stage_type=entry["type"], artifact=key, format=fmt,
                 arch=_arch(name, entry, config, stages), top1=metrics.get("top1"),

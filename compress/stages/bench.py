@@ -16,6 +16,7 @@ from pydantic import Field
 from compress.bench.accuracy import classification_metrics
 from compress.bench.backends import BackendOptions, load_runner
 from compress.bench.facts import model_facts
+from compress.bench.sidebyside import interleaved_latency
 from compress.bench.standalone import environment
 from compress.bench.timing import TimingPlan, summarize
 from compress.export.onnx import onnx_logits, onnx_session
@@ -28,10 +29,11 @@ SAMPLES_FILE = "latency_samples.npz"
 
 class BenchConfig(StageConfig):
     type: Literal["bench"] = "bench"
-    backends: list[Literal["onnxruntime", "torch", "torch-compile"]] = Field(
+    backends: list[Literal["onnxruntime", "torch", "torch-compile", "tensorrt"]] = Field(
         default_factory=lambda: ["onnxruntime", "torch"],
-        description="onnxruntime runs the ONNX file; torch (eager) and torch-compile run the "
-        "model it was exported from",
+        description="onnxruntime runs the ONNX file (and its FP32 twin after ptq/qat); torch "
+        "(eager) and torch-compile run the model it was exported from; tensorrt the engine "
+        "(cuda devices only)",
     )
     devices: list[Literal["cpu", "cuda"]] = Field(
         default_factory=lambda: ["cpu"],
@@ -47,6 +49,9 @@ class BenchConfig(StageConfig):
     min_iterations: int = Field(1000, ge=1, description="timed calls, at least...")
     min_seconds: float = Field(3.0, ge=0.0, description="...and for at least this long")
     max_seconds: float = Field(20.0, gt=0.0, description="per backend and batch size")
+    ratio_rounds: int = Field(
+        10, ge=2, description="interleaved rounds timing INT8 vs FP32 ONNX for their speed-up"
+    )
     accuracy: bool = Field(True, description="top-1/top-5/ECE of the ONNX file on the test split")
 
 
@@ -122,6 +127,13 @@ def run(cfg: BenchConfig, ctx: StageContext) -> StageResult:
         for entry in models.values():  # the accuracy belongs to the ONNX file
             if entry["artifact"] == "onnx":
                 entry.update(top1=metrics["top1"], top5=metrics["top5"], ece=metrics["ece"])
+    if "onnx_fp32" in onnx_input.entry["artifacts"]:
+        metrics.update(_int8_vs_fp32(cfg, ctx, data))
+        if "fp32_onnx_top1" in metrics and "top1" in metrics:
+            metrics["top1_delta_vs_fp32"] = metrics["top1"] - metrics["fp32_onnx_top1"]
+            for entry in models.values():
+                if entry["artifact"] == "onnx_fp32":
+                    entry.update(top1=metrics["fp32_onnx_top1"])
     if "teacher" in ctx.inputs:
         metrics["teacher_top1"] = ctx.input("teacher").metrics.get("top1")
 
@@ -131,6 +143,36 @@ def run(cfg: BenchConfig, ctx: StageContext) -> StageResult:
     with atomic_path(samples_path) as tmp, open(tmp, "wb") as handle:
         np.savez_compressed(handle, **samples)
     return StageResult(metrics=metrics, artifacts={"report": report, "samples": samples_path})
+
+
+def _int8_vs_fp32(cfg: BenchConfig, ctx: StageContext, data: Any) -> dict[str, Any]:
+    """INT8 ONNX against its FP32 twin: speed-up timed side by side, and both accuracies."""
+    onnx_input = ctx.input("onnx")
+    paths = {"fp32": onnx_input.path("onnx_fp32"), "int8": onnx_input.path("onnx")}
+    p = data.preprocess
+    runners = {
+        k: load_runner("onnxruntime", v, BackendOptions(cfg.threads)) for k, v in paths.items()
+    }
+    speedup: dict[str, float] = {}
+    for bs in cfg.batch_sizes:
+        batch = np.random.default_rng(0).standard_normal((bs, p.channels, p.size, p.size))
+        batch = batch.astype(np.float32)
+        calls = {k: (lambda r=r, b=batch: r.call(b)) for k, r in runners.items()}
+        stats = interleaved_latency(calls, bs, rounds=cfg.ratio_rounds)
+        speedup[str(bs)] = stats["fp32"]["p50"] / stats["int8"]["p50"]  # p50: robust to noise
+        console.print(
+            f"  INT8 vs FP32 ONNX, batch {bs:>4}: p50 {stats['int8']['p50']:.3f} vs "
+            f"{stats['fp32']['p50']:.3f} ms -> x{speedup[str(bs)]:.2f}"
+        )
+    out: dict[str, Any] = {"int8_speedup": speedup}
+    if cfg.accuracy:
+        logits = onnx_logits(
+            onnx_session(paths["fp32"], cfg.threads),
+            (x for x, _, _ in data.eval_batches(data.test)),
+        )
+        fp32 = classification_metrics(logits, data.test.labels.numpy(), data.classes)
+        out["fp32_onnx_top1"] = fp32["top1"]
+    return out
 
 
 def _targets(cfg: BenchConfig, ctx: StageContext) -> tuple[list[Target], list[str]]:
@@ -144,10 +186,24 @@ def _targets(cfg: BenchConfig, ctx: StageContext) -> tuple[list[Target], list[st
             skipped.append("cuda: no CUDA device on this machine, cuda timings skipped")
             continue
         suffix = "" if device == "cpu" else f"-{device}"
+        artifacts = onnx_input.entry["artifacts"]
         for backend in cfg.backends:
             if backend == "onnxruntime":
                 targets.append(Target(backend + suffix, backend, device, onnx_input.path("onnx"),
                                       onnx_input.stage, "onnx"))  # fmt: skip
+                if "onnx_fp32" in artifacts:
+                    targets.append(Target(f"{backend}-fp32{suffix}", backend, device,
+                                          onnx_input.path("onnx_fp32"), onnx_input.stage,
+                                          "onnx_fp32"))  # fmt: skip
+            elif backend == "tensorrt":
+                if device != "cuda":
+                    skipped.append("tensorrt: runs on cuda only; add cuda to devices")
+                elif "tensorrt" not in artifacts:
+                    skipped.append("tensorrt: the export stage built no engine (formats)")
+                else:
+                    targets.append(Target(backend + suffix, backend, device,
+                                          onnx_input.path("tensorrt"), onnx_input.stage,
+                                          "tensorrt"))  # fmt: skip
             else:
                 targets.append(Target(backend + suffix, backend, device, student_path,
                                       student_ref["stage"], "model"))  # fmt: skip
