@@ -104,6 +104,7 @@ class DataModule:
             mean, std = (sum(mean) / len(mean),) * channels, (sum(std) / len(std),) * channels
         self.preprocess = Preprocess(cfg.image_size or info.image_size, channels, mean, std)
 
+        self.skipped: list[str] = []  # corrupt files left out (data.skip_corrupt)
         train_source, test_source = info.load(cfg.root, cfg.download)
         self.classes = list(train_source.classes)
         order = torch.randperm(len(train_source), generator=_gen(seed, 7))
@@ -119,6 +120,12 @@ class DataModule:
         self.test = self._split(test_source, test_rows)
         if len(self.train) == 0:
             raise DataError("the training split is empty; check data.train_subset / val_split")
+        if self.skipped:
+            from compress.ui import console
+
+            shown = "; ".join(self.skipped[:3]) + (" ..." if len(self.skipped) > 3 else "")
+            console.print(f"  [yellow]skipped {len(self.skipped)} corrupt image file(s)[/] "
+                          f"(data.skip_corrupt): {shown}")  # fmt: skip
 
     @property
     def num_classes(self) -> int:
@@ -127,20 +134,40 @@ class DataModule:
     # ------------------------------------------------------------------ preparation
 
     def _split(self, source: ImageSource, rows: torch.Tensor) -> Split:
-        labels = source.labels[rows]
         size, channels = self.preprocess.size, self.preprocess.channels
-        if self._stream(len(rows)):
-            return Split(labels=labels, source=source, indices=rows)
-        if source.array is not None:
+        if source.array is not None and not self._stream(len(rows)):
             images = torch.cat(
                 [resize_uint8(source.array[rows[i : i + 4096]], size, channels)
                  for i in range(0, len(rows), 4096)]
             )  # fmt: skip
-        else:
-            images = torch.empty(len(rows), channels, size, size, dtype=torch.uint8)
-            for start, chunk in self._decode(source, rows):
+            return Split(labels=source.labels[rows], images=images)
+        stream = self._stream(len(rows))
+        if stream and not (self.cfg.skip_corrupt and source.files):
+            return Split(labels=source.labels[rows], source=source, indices=rows)
+        # decode every file once: into memory, or (streaming) only to find the corrupt ones
+        images = None if stream else torch.empty(len(rows), channels, size, size, dtype=torch.uint8)
+        good = torch.ones(len(rows), dtype=torch.bool)
+        for start, chunk, problems in self._decode(source, rows):
+            if images is not None:
                 images[start : start + len(chunk)] = chunk
-        return Split(labels=labels, images=images)
+            for offset, problem in enumerate(problems):
+                if problem:
+                    good[start + offset] = False
+                    self._corrupt(problem)
+        rows = rows[good]
+        if stream:
+            return Split(labels=source.labels[rows], source=source, indices=rows)
+        assert images is not None
+        return Split(labels=source.labels[rows], images=images[good])
+
+    def _corrupt(self, problem: str) -> None:
+        """An image that does not decode: an error naming it, or (skip_corrupt) one skipped."""
+        if not self.cfg.skip_corrupt:
+            raise DataError(
+                f"{problem}; fix or delete the file, or set data.skip_corrupt: true to skip "
+                "such files"
+            )
+        self.skipped.append(problem)
 
     def _stream(self, n: int) -> bool:
         if self.cfg.cache == "auto":
@@ -150,15 +177,16 @@ class DataModule:
 
     def _decode(
         self, source: ImageSource, rows: torch.Tensor
-    ) -> Iterator[tuple[int, torch.Tensor]]:
+    ) -> Iterator[tuple[int, torch.Tensor, list[str]]]:
+        """(start, images, problems): a problem is '' for an image that decoded."""
         loader = torch.utils.data.DataLoader(
             _Decoded(source, rows, self.preprocess.size, self.preprocess.channels),
             batch_size=256,
             num_workers=self.cfg.workers,
         )
         start = 0
-        for images, _ in loader:
-            yield start, images
+        for images, problems in loader:
+            yield start, images, list(problems)
             start += len(images)
 
     # ------------------------------------------------------------------ batches
@@ -236,9 +264,14 @@ class _Decoded(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        image = self.source.load(int(self.rows[i])).unsqueeze(0)
-        return resize_uint8(image, self.size, self.channels)[0], i
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
+        # a corrupt file is reported, not raised: a worker's exception would reach the user
+        # wrapped in its traceback
+        try:
+            image = self.source.load(int(self.rows[i])).unsqueeze(0)
+        except DataError as exc:
+            return torch.zeros(self.channels, self.size, self.size, dtype=torch.uint8), str(exc)
+        return resize_uint8(image, self.size, self.channels)[0], ""
 
 
 def augment_batch(

@@ -45,6 +45,9 @@ def finish_model(
     if history:
         metrics["epochs"] = len(history)
         metrics["train_seconds"] = round(sum(h["seconds"] for h in history), 2)
+    if data.skipped:  # data.skip_corrupt left these files out of every split
+        metrics["corrupt_images_skipped"] = len(data.skipped)
+        metrics["corrupt_images"] = data.skipped[:20]
     metrics.update(extra_metrics or {})
     model_path = ctx.stage_dir / "model.pt"
     meta = {
