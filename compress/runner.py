@@ -67,7 +67,7 @@ def run_pipeline(
             if skip:
                 console.print(f"[dim]• {name}: unchanged, skipped[/]")
                 continue
-            stage_dir = run_dir / name
+            stage_dir = inside(run_dir, name)
             console.rule(f"[bold]{name}[/] ({cfg.type})", align="left")
             entry = {"type": cfg.type, "status": "running", "config_hash": fingerprint,
                      "inputs": {k: _input_record(v) for k, v in inputs.items()},
@@ -120,6 +120,15 @@ def run_pipeline(
         if main:
             manifest.save()
         return manifest
+
+
+def inside(run_dir: Path, relative: str) -> Path:
+    """``run_dir / relative``, refused if it would lead outside the run directory (config
+    validation already rejects such stage names; this guards every other caller)."""
+    path = run_dir / relative
+    if not path.resolve().is_relative_to(run_dir.resolve()):
+        raise CompressError(f"'{relative}' would write outside the run directory {run_dir}")
+    return path
 
 
 def stage_fingerprint(pipeline: PipelineSettings, cfg: Any, inputs: dict[str, StageInput]) -> str:
