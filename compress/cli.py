@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 
 from compress.errors import CompressError
 from compress.ui import console
+
+if TYPE_CHECKING:
+    from compress.config.pipeline import PipelineSettings
+    from compress.manifest import Manifest
 
 app = typer.Typer(
     help="Distill, prune, quantize, export and benchmark models from one YAML pipeline.",
@@ -39,17 +44,29 @@ def run(
     ] = None,
 ) -> None:
     """Run a pipeline's stages in order, skipping those whose config and inputs are unchanged."""
+    from compress import distributed
     from compress.config.load import load_pipeline
-    from compress.gates import EXIT_GATE_FAILED, evaluate_gates, gates_table
-    from compress.io import write_text
-    from compress.report import write_report
     from compress.runner import run_pipeline
-    from compress.summary import summary_markdown, summary_table
 
+    console.quiet = not distributed.is_main()  # under torchrun, one console: rank 0's
     config = load_pipeline(pipeline, overrides)
     target = run_dir or Path("runs") / config.name
     console.print(f"[bold]compress run[/] {pipeline} -> {target}/")
-    manifest = run_pipeline(config, target, force=force, rerun=rerun)
+    try:
+        manifest = run_pipeline(config, target, force=force, rerun=rerun)
+    finally:
+        distributed.shutdown()
+    if distributed.is_main():  # under torchrun rank 0 alone reports
+        _report_run(config, target, manifest)
+
+
+def _report_run(config: PipelineSettings, target: Path, manifest: Manifest) -> None:
+    """Gates, summary.md, comparison and HTML report of a finished run; exit 3 on a failed gate."""
+    from compress.gates import EXIT_GATE_FAILED, evaluate_gates, gates_table
+    from compress.io import write_text
+    from compress.report import write_report
+    from compress.summary import summary_markdown, summary_table
+
     gates = evaluate_gates(config.gates, manifest)
     manifest.data["gates"] = gates
     manifest.save()
@@ -242,8 +259,8 @@ def launch(
 ) -> None:
     """Print (or --write) the torchrun command or sbatch script that runs PIPELINE on N x G GPUs.
 
-    Only the commands: multi-process training (DDP under torchrun) lands with the reliability
-    issue; until then every process runs the whole pipeline on its own.
+    Training stages then run with DistributedDataParallel, one process per GPU; batch_size is
+    per process.
     """
     from compress.config.load import load_pipeline
     from compress.io import write_text
@@ -325,8 +342,10 @@ def main() -> None:
         app()
     except CompressError as exc:
         lines = str(exc).splitlines() or [type(exc).__name__]
+        rank = int(os.environ.get("RANK", "0"))
+        console.quiet = False  # a process other than rank 0 still reports its own error
         for line in lines:
-            console.print(f"[bold red]error:[/] {escape(line)}")
+            console.print(f"[bold red]error:[/]{f' [rank {rank}]' if rank else ''} {escape(line)}")
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: run the same command again to resume")

@@ -22,6 +22,10 @@ class CheckpointError(CompressError):
     """A checkpoint cannot be loaded safely or does not fit the model."""
 
 
+class DiskFullError(CompressError):
+    """A write ran out of space; the previous file is intact."""
+
+
 class TrainingError(CompressError):
     """Training cannot continue (NaN loss, diverged)."""
 

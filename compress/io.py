@@ -8,6 +8,7 @@ the internet cannot run code.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -18,26 +19,48 @@ from typing import Any
 
 import torch
 
-from compress.errors import CheckpointError
+from compress.errors import CheckpointError, DiskFullError
+
+NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temp path beside ``path``; move it into place only if the block succeeds."""
+    """Yield a temp path beside ``path``; move it into place only if the block succeeds.
+
+    A full disk (or quota) while writing is one clear error; the temp file is removed and
+    the previous ``path``, if any, is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent
-    )
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = None
     try:
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent
+        )
+        os.close(fd)
+        tmp_path = Path(tmp)
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
+    except (OSError, RuntimeError) as exc:
+        if not _no_space(exc):
+            raise
+        kept = f"the previous {path.name} is intact" if path.exists() else "nothing was written"
+        raise DiskFullError(
+            f"no space left on device writing {path}; {kept}. Free some space (or point "
+            "--run-dir elsewhere) and run the same command again to continue"
+        ) from exc
     finally:
-        tmp_path.unlink(missing_ok=True)
+        if tmp_path is not None:
+            tmp_path.unlink(missing_ok=True)
+
+
+def _no_space(exc: BaseException) -> bool:
+    # torch.save reports a failed write as a RuntimeError ("file write failed")
+    if isinstance(exc, OSError):
+        return exc.errno in NO_SPACE
+    return "file write failed" in str(exc) or "No space left" in str(exc)
 
 
 def write_text(path: Path, text: str) -> None:

@@ -1,9 +1,9 @@
 """``compress launch``: the torchrun command lines, or an sbatch script, that run a pipeline on
 N nodes with G processes each.
 
-It only writes commands. The processes they start each run ``python -m compress run``; sharing
-the training across them (DDP) lands with the reliability issue, and until then every process
-would run the whole pipeline on its own, so the output says so.
+It only writes commands. The processes they start each run ``python -m compress run``: the
+training stages train together with DistributedDataParallel (each process on its slice of every
+global batch), everything else runs on rank 0 (see ``compress.distributed``).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 
 from compress.errors import CompressError
 
-NOT_YET = (
-    "note: multi-process training (DDP under torchrun) lands with the reliability issue; "
-    "until then each process runs the whole pipeline on its own."
+NOTE = (
+    "batch_size is per process (global batch = batch_size x processes; see train.lr_scaling); "
+    "the run directory must be on storage every node shares."
 )
 
 
@@ -81,7 +81,7 @@ def shell_script(launch: Launch) -> str:
         "#!/usr/bin/env bash\n"
         f"# compress launch: {launch.pipeline} on {launch.nodes} x {launch.gpus_per_node} GPUs. "
         f"{where}\n"
-        f"# {NOT_YET}\n"
+        f"# {NOTE}\n"
         "set -euo pipefail\n"
         f"{torchrun_command(launch)}\n"
     )
@@ -113,7 +113,7 @@ def sbatch_script(launch: Launch) -> str:
         "#!/usr/bin/env bash\n"
         f"# compress launch: {launch.pipeline} on {launch.nodes} x {launch.gpus_per_node} GPUs. "
         "Submit from this folder with: sbatch THIS_FILE\n"
-        f"# {NOT_YET}\n" + "".join(f"#SBATCH {d}\n" for d in directives) + "set -euo pipefail\n"
+        f"# {NOTE}\n" + "".join(f"#SBATCH {d}\n" for d in directives) + "set -euo pipefail\n"
         'head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)\n'
         + " \\\n    ".join(torchrun)
         + "\n"

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from compress import distributed
 from compress.config.pipeline import PipelineSettings, find_producer
 from compress.errors import CompressError, did_you_mean
 from compress.io import sha256_json
@@ -43,8 +44,11 @@ def run_pipeline(
     for name in rerun or []:
         if name not in names:
             raise CompressError(f"--rerun: no stage '{name}'{did_you_mean(name, names)}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with run_lock(run_dir):
+    main = distributed.is_main()
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir) if main else contextlib.nullcontext():
+        device = configure_torch(pipeline)
         manifest = Manifest.load(run_dir)
         manifest.data["pipeline"] = {
             "name": pipeline.name,
@@ -52,26 +56,29 @@ def run_pipeline(
             "config": pipeline.model_dump(mode="json"),
         }
         manifest.data["versions"] = library_versions()
-        device = configure_torch(pipeline)
         stages = pipeline.stage_items()
         for position, (name, cfg) in enumerate(stages):
             spec = STAGES.get(cfg.type)
             inputs = _resolve_inputs(name, cfg, stages[:position], manifest)
             fingerprint = stage_fingerprint(pipeline, cfg, inputs)
             again = force or name in (rerun or [])
-            if not again and _unchanged(manifest, name, fingerprint):
+            # rank 0 decides, from the manifest only it writes
+            skip = distributed.broadcast(not again and _unchanged(manifest, name, fingerprint))
+            if skip:
                 console.print(f"[dim]• {name}: unchanged, skipped[/]")
                 continue
-            stage_dir = run_dir / name
-            stage_dir.mkdir(parents=True, exist_ok=True)
-            if again:
-                (stage_dir / "checkpoint.pt").unlink(missing_ok=True)
+            stage_dir = inside(run_dir, name)
             console.rule(f"[bold]{name}[/] ({cfg.type})", align="left")
             entry = {"type": cfg.type, "status": "running", "config_hash": fingerprint,
                      "inputs": {k: _input_record(v) for k, v in inputs.items()},
                      "started_at": _now()}  # fmt: skip
             manifest.stages[name] = entry
-            manifest.save()
+            if main:
+                stage_dir.mkdir(parents=True, exist_ok=True)
+                if again:
+                    (stage_dir / "checkpoint.pt").unlink(missing_ok=True)
+                manifest.save()
+            distributed.barrier()  # the others start after rank 0 has cleared the stage
             ctx = StageContext(
                 name, pipeline, run_dir, stage_dir, inputs, fingerprint, device, manifest.data
             )
@@ -80,32 +87,48 @@ def run_pipeline(
             # cannot change what this one draws (model init, dropout)
             torch.manual_seed(pipeline.seed * 1_000_003 + zlib.crc32(name.encode()))
             try:
-                result = spec.run(cfg, ctx)
+                # under torchrun training stages run on every process, the others on rank 0
+                result = spec.run(cfg, ctx) if main or spec.distributed else None
             except BaseException as exc:
                 entry.update(status="failed", error=str(exc).splitlines()[0][:500] if str(exc)
                              else type(exc).__name__, finished_at=_now())  # fmt: skip
                 if isinstance(exc, KeyboardInterrupt):
                     entry["status"] = "interrupted"
-                manifest.save()
+                if main:
+                    manifest.save()
                 raise
-            entry.update(
-                status="done",
-                metrics=result.metrics,
-                artifacts={k: manifest.artifact_record(p) for k, p in result.artifacts.items()},
-                seconds=round(time.perf_counter() - started, 2),
-                finished_at=_now(),
-                versions=manifest.data["versions"],
-            )
-            manifest.save()
-            console.print(
-                f"[green]✓ {name}[/] in {entry['seconds']:.1f}s {_headline(result.metrics)}"
-            )
+            if main and result is not None:
+                entry.update(
+                    status="done",
+                    metrics=result.metrics,
+                    artifacts={k: manifest.artifact_record(p) for k, p in result.artifacts.items()},
+                    seconds=round(time.perf_counter() - started, 2),
+                    finished_at=_now(),
+                    versions=manifest.data["versions"],
+                )
+                manifest.save()
+                console.print(
+                    f"[green]✓ {name}[/] in {entry['seconds']:.1f}s {_headline(result.metrics)}"
+                )
+            distributed.barrier()  # the others go on with what rank 0 recorded
+            if not main:
+                manifest = Manifest.load(run_dir)
         # a stage removed from the pipeline no longer belongs in the manifest
         for name in list(manifest.stages):
             if name not in dict(stages):
                 del manifest.stages[name]
-        manifest.save()
+        if main:
+            manifest.save()
         return manifest
+
+
+def inside(run_dir: Path, relative: str) -> Path:
+    """``run_dir / relative``, refused if it would lead outside the run directory (config
+    validation already rejects such stage names; this guards every other caller)."""
+    path = run_dir / relative
+    if not path.resolve().is_relative_to(run_dir.resolve()):
+        raise CompressError(f"'{relative}' would write outside the run directory {run_dir}")
+    return path
 
 
 def stage_fingerprint(pipeline: PipelineSettings, cfg: Any, inputs: dict[str, StageInput]) -> str:
@@ -136,7 +159,14 @@ def configure_torch(pipeline: PipelineSettings) -> torch.device:
     use_cuda = pipeline.device == "cuda" or (
         pipeline.device == "auto" and torch.cuda.is_available()
     )
-    return torch.device("cuda" if use_cuda else "cpu")
+    device = torch.device("cuda" if use_cuda else "cpu")
+    for name, cfg in pipeline.stage_items():
+        if getattr(cfg, "precision", None) == "fp16" and device.type != "cuda":
+            raise CompressError(
+                f"{name}.precision: fp16 trains on a GPU only (with a gradient scaler); "
+                "use bf16 or fp32 on CPU"
+            )
+    return distributed.setup(device)
 
 
 @contextlib.contextmanager

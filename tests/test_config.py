@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from compress.config.load import apply_override, load_pipeline, parse_pipeline
-from compress.errors import ConfigError
+from compress.errors import CompressError, ConfigError
 from tests.conftest import ROOT, tiny_pipeline
 
 
@@ -154,3 +154,46 @@ def test_every_shipped_pipeline_validates(path: Path):
     first_line = path.read_text().splitlines()[0]
     assert first_line.startswith("# compress run pipelines/"), "each pipeline names its command"
     assert yaml.safe_load(pipeline.to_yaml())["name"] == pipeline.name
+
+
+@pytest.mark.parametrize("name", ["../../etc", "a/b", "/tmp/x", "..", ".hidden", "x..y"])
+def test_a_stage_name_cannot_lead_outside_the_run_directory(name: str):
+    raw = tiny_pipeline()
+    raw[name] = {"type": "export"}
+    message = error_of(raw)
+    assert f"stage name '{name}'" in message and "no '/' or '..'" in message
+    assert len(message.splitlines()) == 1
+
+
+def test_a_stage_cannot_take_the_run_directorys_cache_folder():
+    raw = tiny_pipeline()
+    raw["cache"] = {"type": "export"}
+    assert "stage name 'cache' is taken" in error_of(raw)
+
+
+def test_grid_cell_names_are_valid_stage_names():
+    raw = tiny_pipeline(grid={"methods": ["kd", {"name": "mix", "parts": [{"name": "kd"},
+                                                                           {"name": "rkd",
+                                                                            "ce_weight": 0}]}],
+                              "seeds": [0], "temperatures": [0.5]})  # fmt: skip
+    names = [n for n, _ in parse_pipeline(raw).stage_items()]
+    assert "distill-T0.5-s0" in names and any("+" in n for n in names)
+
+
+def test_the_runner_refuses_a_folder_outside_the_run_directory(tmp_path: Path):
+    from compress.runner import inside
+
+    assert inside(tmp_path, "teacher") == tmp_path / "teacher"
+    with pytest.raises(CompressError, match="outside the run directory"):
+        inside(tmp_path, "../elsewhere")
+
+
+def test_validate_cli_rejects_a_stage_named_like_a_path(tmp_path: Path, cli):
+    raw = tiny_pipeline()
+    raw["../x"] = {"type": "export"}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    done = cli("validate", str(path))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stdout.strip().startswith("error: pipeline: stage name '../x'")
+    assert not (tmp_path.parent / "x").exists()

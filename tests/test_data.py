@@ -101,3 +101,51 @@ def test_tiny_imagenet_val_annotations(tmp_path: Path):
     train, val = DATASETS.get("tiny-imagenet").load(tmp_path, False)
     assert train.classes == ["goldfish", "salamander"] and len(train) == 4
     assert val.labels.tolist() == [1, 0, 1]
+
+
+def tree_with_a_truncated_png(root: Path) -> Path:
+    make_tree(root / "train", ["cat", "dog"], 4)
+    make_tree(root / "test", ["cat", "dog"], 2)
+    broken = root / "train" / "dog" / "2.png"
+    broken.write_bytes(broken.read_bytes()[:40])  # cut inside the image data
+    return broken
+
+
+@pytest.mark.parametrize("cache", ["memory", "stream"])
+def test_a_truncated_image_is_one_error_naming_it_or_skipped_and_counted(
+    tmp_path: Path, cache: str
+):
+    broken = tree_with_a_truncated_png(tmp_path)
+    base = {"dataset": "imagefolder", "root": tmp_path, "image_size": 8, "cache": cache}
+    if cache == "memory":  # streaming without skip_corrupt finds the file when it reads it
+        with pytest.raises(DataError, match=r"2\.png.*set data.skip_corrupt: true") as info:
+            DataModule(DataConfig(**base), seed=0)
+        assert len(str(info.value).splitlines()) == 1
+    data = DataModule(DataConfig(**base, skip_corrupt=True), seed=0)
+    assert len(data.train) == 7 and len(data.test) == 4
+    assert len(data.skipped) == 1 and str(broken) in data.skipped[0]
+    rows = torch.cat([r for _, _, r in data.train_batches(0, 7, "none")])
+    assert len(rows) == 7  # every remaining image decodes when batched
+
+
+def test_skipped_corrupt_images_reach_the_console_and_the_stage_metrics(tmp_path: Path, cli):
+    import json
+
+    import yaml
+
+    broken = tree_with_a_truncated_png(tmp_path / "tree")
+    pipeline = {
+        "name": "corrupt", "device": "cpu",
+        "data": {"dataset": "imagefolder", "root": str(tmp_path / "tree"), "image_size": 16,
+                 "batch_size": 4, "skip_corrupt": True},
+        "teacher": {"model": {"arch": "mobilenet_v2", "width_mult": 0.25}, "epochs": 1,
+                    "augment": "none"},
+    }  # fmt: skip
+    path = tmp_path / "corrupt.yaml"
+    path.write_text(yaml.safe_dump(pipeline))
+    done = cli("run", str(path), "--run-dir", str(tmp_path / "run"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "skipped 1 corrupt image file(s)" in done.stdout and "2.png" in done.stdout
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    metrics = manifest["stages"]["teacher"]["metrics"]
+    assert metrics["corrupt_images_skipped"] == 1 and str(broken) in metrics["corrupt_images"][0]

@@ -88,7 +88,7 @@ def test_sbatch_script_runs_one_torchrun_per_node_at_the_jobs_first_node():
     assert args.training_script_args == [
         "run", "pipelines/quickstart.yaml", "--set", "distill.epochs=3",
     ]  # fmt: skip
-    assert "reliability issue" in script
+    assert "batch_size is per process" in script and "reliability issue" not in script
 
 
 @pytest.mark.parametrize("slurm", [False, True])

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from compress.config.base import DataConfig, TrainConfig
 from compress.data.module import DataModule
-from compress.errors import TrainingError
+from compress.errors import CompressError, TrainingError
+from compress.io import load_torch
 from compress.models import ModelSpec, build_model
 from compress.train.loop import fit
 
@@ -26,11 +27,11 @@ def train(root: Path, ckpt: Path, cfg: TrainConfig, crash_at: int | None = None)
     data, model = tiny_setup(root)
     calls = {"n": 0}
 
-    def step_loss(x, y, rows):
+    def step_loss(net, _, x, y, rows):
         calls["n"] += 1
         if crash_at is not None and calls["n"] == crash_at:
             raise KeyboardInterrupt
-        logits = model(x)
+        logits = net(x)
         return logits, F.cross_entropy(logits, y)
 
     fit(model, step_loss, data, cfg, device=torch.device("cpu"), checkpoint=ckpt,
@@ -54,8 +55,8 @@ def test_killed_then_resumed_training_ends_bit_identical(fake_fashion: Path, tmp
 def test_nan_loss_stops_naming_the_step(fake_fashion: Path, tmp_path: Path):
     data, model = tiny_setup(fake_fashion)
 
-    def step_loss(x, y, rows):
-        logits = model(x)
+    def step_loss(net, _, x, y, rows):
+        logits = net(x)
         return logits, logits.sum() * float("nan")
 
     with pytest.raises(TrainingError, match=r"loss became nan at epoch 1, step 0"):
@@ -66,8 +67,8 @@ def test_nan_loss_stops_naming_the_step(fake_fashion: Path, tmp_path: Path):
 def test_nan_policy_skip_counts_batches(fake_fashion: Path, tmp_path: Path):
     data, model = tiny_setup(fake_fashion)
 
-    def step_loss(x, y, rows):
-        logits = model(x)
+    def step_loss(net, _, x, y, rows):
+        logits = net(x)
         loss = F.cross_entropy(logits, y)
         return logits, loss * float("nan") if rows[0] % 2 == 0 else loss
 
@@ -76,3 +77,22 @@ def test_nan_policy_skip_counts_batches(fake_fashion: Path, tmp_path: Path):
                  label="t", augment="none")  # fmt: skip
     assert result.skipped_batches > 0
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_bf16_autocast_trains_on_cpu_and_checkpoints_the_scaler(fake_fashion: Path, tmp_path: Path):
+    cfg = TrainConfig(epochs=1, lr=0.05, precision="bf16", channels_last=False)
+    model = train(fake_fashion, tmp_path / "e.pt", cfg)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert model.features[0][0].weight.is_contiguous()  # channels_last: false is honoured
+    assert "scaler" in load_torch(tmp_path / "e.pt")
+
+
+def test_fp16_on_cpu_is_refused_before_any_stage_runs(tmp_path: Path):
+    from compress.config.load import parse_pipeline
+    from compress.runner import configure_torch
+    from tests.conftest import tiny_pipeline
+
+    raw = tiny_pipeline(device="cpu")
+    raw["teacher"]["precision"] = "fp16"
+    with pytest.raises(CompressError, match=r"teacher.precision: fp16 trains on a GPU only"):
+        configure_torch(parse_pipeline(raw))

@@ -51,6 +51,11 @@ class DataConfig(StrictModel):
     cache: Literal["auto", "memory", "stream"] = Field(
         "auto", description="memory: decode once into RAM; stream: decode every epoch"
     )
+    skip_corrupt: bool = Field(
+        False,
+        description="image files that do not decode are skipped and counted (default: an error "
+        "naming the file)",
+    )
 
     @field_validator("dataset")
     @classmethod
@@ -91,11 +96,20 @@ class TrainConfig(StrictModel):
     """Optimisation settings shared by every stage that trains."""
 
     epochs: int = Field(10, ge=0, description="passes over the training split")
-    batch_size: int | None = Field(None, ge=1, description="default: data.batch_size")
+    batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="images per step per process (default: data.batch_size); under torchrun "
+        "the global batch is batch_size x processes",
+    )
     optimizer: Literal["sgd", "adamw"] = Field(
         "sgd", description="sgd (with momentum, nesterov) or adamw"
     )
-    lr: float = Field(0.1, gt=0.0, description="peak learning rate")
+    lr: float = Field(0.1, gt=0.0, description="peak learning rate (for one process)")
+    lr_scaling: Literal["none", "linear", "sqrt"] = Field(
+        "none",
+        description="under torchrun with N processes: lr x N (linear), x sqrt(N), or unchanged",
+    )
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd momentum")
     nesterov: bool = Field(True, description="sgd with Nesterov momentum")
     weight_decay: float = Field(5e-4, ge=0.0, description="L2 penalty (decoupled for adamw)")
@@ -117,6 +131,14 @@ class TrainConfig(StrictModel):
     )
     nan_policy: Literal["stop", "skip"] = Field(
         "stop", description="on a NaN/Inf loss: stop (keep last checkpoint) or skip the batch"
+    )
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32",
+        description="autocast dtype of the forward pass; fp16 (with a gradient scaler) needs "
+        "a GPU, bf16 also runs on CPU",
+    )
+    channels_last: bool = Field(
+        True, description="NHWC memory format for model and batches (faster convolutions)"
     )
 
     @model_validator(mode="after")

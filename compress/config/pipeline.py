@@ -15,6 +15,7 @@ Two stages of one type need distinct names and an explicit ``type``.
 from __future__ import annotations
 
 import functools
+import re
 from typing import Annotated, Any, Literal, Union
 
 import yaml
@@ -50,6 +51,10 @@ class GatesConfig(StrictModel):
         return {k: v for k, v in self.model_dump().items() if k != "batch_size" and v is not None}
 
 
+STAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+RESERVED_NAMES = {"cache"}  # folders the runner itself writes in the run directory
+
+
 class PipelineSettings(StrictModel):
     """Global keys of a pipeline file."""
 
@@ -74,6 +79,19 @@ class PipelineSettings(StrictModel):
     gates: GatesConfig = Field(
         default_factory=GatesConfig, description="limits checked after the run (exit code 3)"
     )
+
+    @model_validator(mode="after")
+    def _check_stage_names(self) -> PipelineSettings:
+        """Stage names become folders of the run directory: none may lead outside it."""
+        for name in getattr(self, "stages", {}):
+            if not STAGE_NAME.fullmatch(name) or ".." in name:
+                raise ValueError(
+                    f"stage name '{name}': names are run-directory folders: letters, digits, "
+                    ". _ - + only, no '/' or '..', not starting with '.'"
+                )
+            if name in RESERVED_NAMES:
+                raise ValueError(f"stage name '{name}' is taken by the run directory's {name}/")
+        return self
 
     @model_validator(mode="after")
     def _check_stage_inputs(self) -> PipelineSettings:

@@ -53,6 +53,15 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def take(self, rows: torch.Tensor) -> Split:
+        """The images at ``rows`` (positions in this split), in that order."""
+        return Split(
+            labels=self.labels[rows],
+            images=None if self.images is None else self.images[rows],
+            source=self.source,
+            indices=None if self.indices is None else self.indices[rows],
+        )
+
     def head(self, n: int) -> Split:
         """The first ``n`` images (all of them when n is 0 or larger than the split)."""
         if not n or n >= len(self):
@@ -107,6 +116,7 @@ class DataModule:
             mean, std = (sum(mean) / len(mean),) * channels, (sum(std) / len(std),) * channels
         self.preprocess = Preprocess(cfg.image_size or info.image_size, channels, mean, std)
 
+        self.skipped: list[str] = []  # corrupt files left out (data.skip_corrupt)
         train_source, test_source = info.load(cfg.root, cfg.download)
         self.classes = list(train_source.classes)
         order = torch.randperm(len(train_source), generator=_gen(seed, 7))
@@ -122,6 +132,12 @@ class DataModule:
         self.test = self._split(test_source, test_rows)
         if len(self.train) == 0:
             raise DataError("the training split is empty; check data.train_subset / val_split")
+        if self.skipped:
+            from compress.ui import console
+
+            shown = "; ".join(self.skipped[:3]) + (" ..." if len(self.skipped) > 3 else "")
+            console.print(f"  [yellow]skipped {len(self.skipped)} corrupt image file(s)[/] "
+                          f"(data.skip_corrupt): {shown}")  # fmt: skip
 
     @property
     def num_classes(self) -> int:
@@ -130,20 +146,40 @@ class DataModule:
     # ------------------------------------------------------------------ preparation
 
     def _split(self, source: ImageSource, rows: torch.Tensor) -> Split:
-        labels = source.labels[rows]
         size, channels = self.preprocess.size, self.preprocess.channels
-        if self._stream(len(rows)):
-            return Split(labels=labels, source=source, indices=rows)
-        if source.array is not None:
+        if source.array is not None and not self._stream(len(rows)):
             images = torch.cat(
                 [resize_uint8(source.array[rows[i : i + 4096]], size, channels)
                  for i in range(0, len(rows), 4096)]
             )  # fmt: skip
-        else:
-            images = torch.empty(len(rows), channels, size, size, dtype=torch.uint8)
-            for start, chunk in self._decode(source, rows):
+            return Split(labels=source.labels[rows], images=images)
+        stream = self._stream(len(rows))
+        if stream and not (self.cfg.skip_corrupt and source.files):
+            return Split(labels=source.labels[rows], source=source, indices=rows)
+        # decode every file once: into memory, or (streaming) only to find the corrupt ones
+        images = None if stream else torch.empty(len(rows), channels, size, size, dtype=torch.uint8)
+        good = torch.ones(len(rows), dtype=torch.bool)
+        for start, chunk, problems in self._decode(source, rows):
+            if images is not None:
                 images[start : start + len(chunk)] = chunk
-        return Split(labels=labels, images=images)
+            for offset, problem in enumerate(problems):
+                if problem:
+                    good[start + offset] = False
+                    self._corrupt(problem)
+        rows = rows[good]
+        if stream:
+            return Split(labels=source.labels[rows], source=source, indices=rows)
+        assert images is not None
+        return Split(labels=source.labels[rows], images=images[good])
+
+    def _corrupt(self, problem: str) -> None:
+        """An image that does not decode: an error naming it, or (skip_corrupt) one skipped."""
+        if not self.cfg.skip_corrupt:
+            raise DataError(
+                f"{problem}; fix or delete the file, or set data.skip_corrupt: true to skip "
+                "such files"
+            )
+        self.skipped.append(problem)
 
     def _stream(self, n: int) -> bool:
         if self.cfg.cache == "auto":
@@ -153,15 +189,16 @@ class DataModule:
 
     def _decode(
         self, source: ImageSource, rows: torch.Tensor
-    ) -> Iterator[tuple[int, torch.Tensor]]:
+    ) -> Iterator[tuple[int, torch.Tensor, list[str]]]:
+        """(start, images, problems): a problem is '' for an image that decoded."""
         loader = torch.utils.data.DataLoader(
             _Decoded(source, rows, self.preprocess.size, self.preprocess.channels),
             batch_size=256,
             num_workers=self.cfg.workers,
         )
         start = 0
-        for images, _ in loader:
-            yield start, images
+        for images, problems in loader:
+            yield start, images, list(problems)
             start += len(images)
 
     # ------------------------------------------------------------------ batches
@@ -172,25 +209,43 @@ class DataModule:
         return (images.float() / 255.0 - mean) / std
 
     def train_batches(
-        self, epoch: int, batch_size: int, augment: str, skip: int = 0, seed: int | None = None
+        self,
+        epoch: int,
+        batch_size: int,
+        augment: str,
+        skip: int = 0,
+        seed: int | None = None,
+        rank: int = 0,
+        world: int = 1,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Shuffled (x, y, row) batches for one epoch; the last partial batch is dropped.
 
         ``seed`` (default: the data seed) changes the order and augmentation, not the split.
+        With ``world`` processes, global batch b is rows ``order[b*G:(b+1)*G]`` of one shared
+        shuffled order (G = batch_size x world) and process ``rank`` takes its ``batch_size``
+        slice of it, augmented with its slice of the global batch's random draws: together the
+        processes see exactly the batches one process would see with batch size G.
         """
         n = len(self.train)
         seed = self.seed if seed is None else seed
         order = torch.randperm(n, generator=_gen(seed, 1000 + epoch))
-        n_batches = max(1, n // batch_size)
-        for b in range(skip, n_batches):
-            rows = order[b * batch_size : (b + 1) * batch_size]
+        size = batch_size * world
+        mine = slice(rank * batch_size, (rank + 1) * batch_size)
+        for b in range(skip, self.steps_per_epoch(batch_size, world)):
+            rows = order[b * size : (b + 1) * size][mine]
             x = self.normalize(self._images(self.train, rows))
             if augment != "none":
-                x = augment_batch(x, augment, _gen(seed, 10**6 + epoch * 10**5 + b))
+                gen = _gen(seed, 10**6 + epoch * 10**5 + b)
+                x = augment_batch(x, augment, gen, offset=rank * batch_size, total=size)
             yield x, self.train.labels[rows], rows
 
-    def steps_per_epoch(self, batch_size: int) -> int:
-        return max(1, len(self.train) // batch_size)
+    def steps_per_epoch(self, batch_size: int, world: int = 1) -> int:
+        if world > 1 and len(self.train) < batch_size * world:
+            raise DataError(
+                f"the training split has {len(self.train)} images, fewer than one global batch "
+                f"({batch_size} per process x {world} processes); lower batch_size"
+            )
+        return max(1, len(self.train) // (batch_size * world))
 
     def eval_batches(
         self, split: Split, batch_size: int | None = None
@@ -221,23 +276,36 @@ class _Decoded(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        image = self.source.load(int(self.rows[i])).unsqueeze(0)
-        return resize_uint8(image, self.size, self.channels)[0], i
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
+        # a corrupt file is reported, not raised: a worker's exception would reach the user
+        # wrapped in its traceback
+        try:
+            image = self.source.load(int(self.rows[i])).unsqueeze(0)
+        except DataError as exc:
+            return torch.zeros(self.channels, self.size, self.size, dtype=torch.uint8), str(exc)
+        return resize_uint8(image, self.size, self.channels)[0], ""
 
 
-def augment_batch(x: torch.Tensor, kind: str, gen: torch.Generator) -> torch.Tensor:
-    """Horizontal flip, plus pad-by-1/8-and-random-crop for 'standard', on a whole batch."""
+def augment_batch(
+    x: torch.Tensor, kind: str, gen: torch.Generator, offset: int = 0, total: int | None = None
+) -> torch.Tensor:
+    """Horizontal flip, plus pad-by-1/8-and-random-crop for 'standard', on a whole batch.
+
+    The draws are made for ``total`` images (default: this batch) and rows ``offset`` onwards
+    are used, so a process augments its slice of a global batch as one process would.
+    """
     n, _, h, w = x.shape
+    total = total or n
+    part = slice(offset, offset + n)
     if kind == "standard":
         pad = max(1, h // 8)
         padded = F.pad(x, (pad, pad, pad, pad))  # zeros = the mean colour after normalising
-        oy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
-        ox = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+        oy = torch.randint(0, 2 * pad + 1, (total,), generator=gen)[part]
+        ox = torch.randint(0, 2 * pad + 1, (total,), generator=gen)[part]
         rows = (oy[:, None] + torch.arange(h))[:, :, None]
         cols = (ox[:, None] + torch.arange(w))[:, None, :]
         x = padded[torch.arange(n)[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
-    flip = torch.rand(n, generator=gen) < 0.5
+    flip = torch.rand(total, generator=gen)[part] < 0.5
     return torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x).contiguous()
 
 

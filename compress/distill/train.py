@@ -10,10 +10,12 @@ identical numbers, and the teacher's forward pass (the dearest part on a CPU) is
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from compress import distributed
 from compress.config.base import TrainConfig
 from compress.distill.base import METHODS, DistillLoss, Features, FeatureShapes
 from compress.distill.config import DistillSettings
@@ -62,12 +64,12 @@ def distill_student(
         tapped(student, student_layers, "the student") as student_taps,
         tapped(teacher or nn.Identity(), teacher_layers, "the teacher") as teacher_taps,
     ):
-
-        def step_loss(x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor):
-            logits = student(x)
+        # the taps hook the student itself, not its DDP wrapper ``net``: the same modules run
+        def step_loss(net: nn.Module, loss: nn.Module, x: torch.Tensor, y: torch.Tensor, rows):
+            logits = net(x)
             teacher_logits = teacher_logits_for(x, rows) if teacher_logits_for else None
             features = Features(dict(student_taps.outputs), dict(teacher_taps.outputs), x)
-            return logits, loss_fn(logits, teacher_logits, y, features)
+            return logits, loss(logits, teacher_logits, y, features)
 
         result = fit(
             student,
@@ -120,6 +122,13 @@ def _cached_logits(teacher: nn.Module, ctx: StageContext) -> torch.Tensor:
     key = sha256_json({"teacher": ctx.input("teacher").entry["artifacts"]["model"]["sha256"],
                        "data": data_cfg, "seed": ctx.pipeline.seed})  # fmt: skip
     path = ctx.run_dir / "cache" / f"teacher_logits-{key[:16]}.pt"
+    with distributed.main_first():  # rank 0 computes and saves, the others load its file
+        return _load_or_compute_logits(teacher, ctx, path, key)
+
+
+def _load_or_compute_logits(
+    teacher: nn.Module, ctx: StageContext, path: Path, key: str
+) -> torch.Tensor:
     if path.exists():
         stored = load_torch(path)
         if stored.get("key") == key:
@@ -128,5 +137,6 @@ def _cached_logits(teacher: nn.Module, ctx: StageContext) -> torch.Tensor:
     data = ctx.data()
     console.print(f"  computing teacher logits once for {len(data.train):,} training images")
     logits = predict(teacher, data, data.train, ctx.device)
-    save_torch({"key": key, "logits": logits}, path)
+    if distributed.is_main():
+        save_torch({"key": key, "logits": logits}, path)
     return logits

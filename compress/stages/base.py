@@ -39,6 +39,7 @@ class StageSpec:
     produces: str | None  # artifact kind: teacher, student, onnx, bench
     consumes: Callable[[Any], dict[str, bool]]  # kind -> required; the first is the main input
     summary: str
+    distributed: bool = False  # trains: runs on every process under torchrun, else on rank 0
 
 
 STAGES: Registry[StageSpec] = Registry("stage type")

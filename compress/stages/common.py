@@ -7,6 +7,7 @@ from typing import Any
 
 from torch import nn
 
+from compress import distributed
 from compress.config.base import ModelConfig
 from compress.data.module import DataModule
 from compress.io import write_json
@@ -34,7 +35,9 @@ def finish_model(
     history: list[dict[str, Any]],
     extra_metrics: dict[str, Any] | None = None,
 ) -> StageResult:
-    """Evaluate on the held-out test split, save the model file and training history."""
+    """Evaluate on the held-out test split, save the model file and training history.
+
+    Under torchrun every process evaluates its slice of the test split; rank 0 alone writes."""
     data = ctx.data()
     metrics: dict[str, Any] = evaluate(model, data, data.test, ctx.device)
     metrics["params"] = count_params(model)
@@ -42,6 +45,9 @@ def finish_model(
     if history:
         metrics["epochs"] = len(history)
         metrics["train_seconds"] = round(sum(h["seconds"] for h in history), 2)
+    if data.skipped:  # data.skip_corrupt left these files out of every split
+        metrics["corrupt_images_skipped"] = len(data.skipped)
+        metrics["corrupt_images"] = data.skipped[:20]
     metrics.update(extra_metrics or {})
     model_path = ctx.stage_dir / "model.pt"
     meta = {
@@ -50,10 +56,11 @@ def finish_model(
         "preprocess": data.preprocess.metadata(),
         "metrics": metrics,
     }
-    save_model(model.cpu(), spec, model_path, meta)
     history_path = ctx.stage_dir / "history.json"
-    write_json(history_path, history)
-    (ctx.stage_dir / "checkpoint.pt").unlink(missing_ok=True)  # training state, no longer needed
+    if distributed.is_main():
+        save_model(model.cpu(), spec, model_path, meta)
+        write_json(history_path, history)
+        (ctx.stage_dir / "checkpoint.pt").unlink(missing_ok=True)  # training state, not needed
     return StageResult(metrics=metrics, artifacts={"model": model_path, "history": history_path})
 
 

@@ -50,5 +50,6 @@ STAGES.register("distill")(
         produces="student",
         consumes=lambda cfg: {"teacher": cfg.uses_teacher()},
         summary="train a student (MobileNetV2 by default) from the teacher",
+        distributed=True,
     )
 )

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
+from compress import distributed
 from compress.bench.backends import BackendOptions, load_runner
 from compress.bench.sidebyside import interleaved_latency
 from compress.config.base import TrainConfig
@@ -96,7 +97,11 @@ def run(cfg: PruneConfig, ctx: StageContext) -> StageResult:
         f"top1 {before['top1']:.4f} -> {after_prune['top1']:.4f} before fine-tuning"
     )
     fit = distill_student(model, cfg, cfg, ctx, f"{ctx.name} fine-tune ({cfg.method_name()})")
-    latency = _side_by_side(unpruned, model, ctx, cfg.latency_batch_size)
+    # timed on rank 0 alone (the others wait here) so processes do not share the cores
+    latency = distributed.broadcast(
+        _side_by_side(unpruned, model, ctx, cfg.latency_batch_size) if distributed.is_main()
+        else None
+    )  # fmt: skip
     extra: dict[str, Any] = {
         "macs": after_prune["macs"],
         "before": before,
@@ -160,5 +165,6 @@ STAGES.register("prune")(
         produces="student",
         consumes=lambda cfg: {"student": True, "teacher": cfg.uses_teacher()},
         summary="structured channel pruning (torch-pruning) + distillation fine-tuning",
+        distributed=True,
     )
 )

@@ -8,6 +8,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator
+from torch import nn
 
 from compress.config.base import ModelConfig, TrainConfig
 from compress.io import load_torch
@@ -49,10 +50,8 @@ def run(cfg: TeacherConfig, ctx: StageContext) -> StageResult:
         model.to(ctx.device)
         return finish_model(model, spec, ctx, "teacher", [], {"source": str(cfg.checkpoint)})
 
-    model.to(ctx.device).to(memory_format=torch.channels_last)
-
-    def step_loss(x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor):
-        logits = model(x)
+    def step_loss(net: nn.Module, _: nn.Module, x: torch.Tensor, y: torch.Tensor, rows):
+        logits = net(x)
         return logits, F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
 
     result = fit(
@@ -77,5 +76,6 @@ STAGES.register("teacher")(
         produces="teacher",
         consumes=lambda cfg: {},
         summary="train a teacher (ResNet-34 by default) or load a user's checkpoint",
+        distributed=True,
     )
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from compress import distributed
 from compress.data.module import DataModule, Split
 
 
@@ -35,4 +36,19 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
 def evaluate(
     model: nn.Module, data: DataModule, split: Split, device: torch.device
 ) -> dict[str, float]:
-    return accuracy(predict(model, data, split, device), split.labels)
+    """top1/top5 on a split. Under torchrun every process must call it: each scores its slice
+    of the split and the hit counts are summed, so the result equals one process scoring all
+    (the model's weights and buffers must be the same on every process)."""
+    world = distributed.world_size()
+    if world == 1:
+        return accuracy(predict(model, data, split, device), split.labels)
+    rows = torch.tensor(distributed.shard(len(split), distributed.rank(), world))
+    part = split.take(rows)
+    hits = [0.0, 0.0]
+    if len(part):
+        logits = predict(model, data, part, device)
+        k = min(5, logits.shape[1])
+        found = logits.topk(k, dim=1).indices == part.labels[:, None]
+        hits = [found[:, 0].sum().item(), found.any(1).sum().item()]
+    top1, top5 = distributed.all_reduce(hits)
+    return {"top1": round(top1 / len(split), 6), "top5": round(top5 / len(split), 6)}

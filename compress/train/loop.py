@@ -7,6 +7,7 @@ state is written atomically, so ``compress run`` after a kill continues where it
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from compress import distributed
 from compress.config.base import TrainConfig
 from compress.data.module import DataModule
 from compress.errors import TrainingError
@@ -24,8 +26,14 @@ from compress.train.evaluate import evaluate
 from compress.train.optim import build_optimizer, lr_factor, set_lr
 from compress.ui import console, progress
 
-# step_loss(x, y, rows) -> (student logits, loss); rows index the training split
-StepLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+# step_loss(model, companion, x, y, rows) -> (student logits, loss). ``model`` and ``companion``
+# are the modules to call: wrapped in DistributedDataParallel under torchrun, so their gradients
+# are averaged over the processes. ``rows`` index the training split.
+StepLoss = Callable[
+    [nn.Module, nn.Module, torch.Tensor, torch.Tensor, torch.Tensor],
+    tuple[torch.Tensor, torch.Tensor],
+]
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -55,15 +63,23 @@ def fit(
 
     ``companion`` is a module trained and checkpointed alongside (a distillation loss with
     projection heads, peer students or an EMA teacher); it is not part of the saved model.
+    Under torchrun each process trains on its slice of every global batch; rank 0 alone writes
+    the checkpoint and TensorBoard logs, and every process ends with rank 0's weights.
     """
     companion = companion or nn.Module()
+    rank, world = distributed.rank(), distributed.world_size()
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model.to(device, memory_format=fmt)
+    companion.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     params += [p for p in companion.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, cfg)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    peak_lr = cfg.lr * {"none": 1.0, "linear": world, "sqrt": world**0.5}[cfg.lr_scaling]
     batch_size = cfg.batch_size or data.cfg.batch_size
-    steps_per_epoch = data.steps_per_epoch(batch_size)
+    steps_per_epoch = data.steps_per_epoch(batch_size, world)
     result = FitResult()
-    state = _resume(checkpoint, fingerprint, model, companion, optimizer)
+    state = _resume(checkpoint, fingerprint, model, companion, optimizer, scaler)
     epoch, skip = state.get("epoch", 0), state.get("step_in_epoch", 0)
     result.history = state.get("history", [])
     best = state.get("best", {"top1": -1.0, "state_dict": None})
@@ -71,36 +87,49 @@ def fit(
         result.resumed_at = f"epoch {epoch + 1}, step {skip}"
         console.print(f"  resuming {label} from {result.resumed_at} ({checkpoint.name})")
     writer = _tensorboard(tensorboard_dir, purge_step=epoch * steps_per_epoch + skip)
+    net = distributed.wrap(model, device)
+    # a loss's heads need not all take part in every step (a mix, a warm-up)
+    loss_net = distributed.wrap(companion, device, find_unused=True)
+    save = functools.partial(_save, checkpoint, fingerprint, model, companion, optimizer, scaler)
 
-    model.to(device).train()
+    model.train()
     with progress() as bars:
         task = bars.add_task(label, total=cfg.epochs * steps_per_epoch, stats="")
         bars.update(task, completed=epoch * steps_per_epoch + skip)
         while epoch < cfg.epochs:
-            # running sums of this epoch; a mid-epoch resume continues them
-            run = state.pop("running", None) if skip else None
-            run = run or {"seen": 0, "correct": 0, "loss_sum": 0.0, "seconds": 0.0}
+            # running sums of this process's share of the epoch; a mid-epoch resume continues
+            # them (the checkpoint holds the sums over all processes, taken up by rank 0)
+            saved = state.pop("running", None) if skip else None
+            run = {"seen": 0, "correct": 0, "loss_sum": 0.0, "seconds": 0.0}
+            if saved:
+                run = saved if rank == 0 else {**run, "seconds": saved["seconds"]}
             started = time.perf_counter() - run["seconds"]
-            batches = data.train_batches(epoch, batch_size, augment, skip=skip, seed=seed)
+            batches = data.train_batches(epoch, batch_size, augment, skip, seed, rank, world)
             for step, (x, y, rows) in enumerate(batches, start=skip):
                 global_step = epoch * steps_per_epoch + step
-                set_lr(optimizer, cfg.lr * lr_factor(global_step, cfg, steps_per_epoch))
-                x = x.to(device).contiguous(memory_format=torch.channels_last)
+                set_lr(optimizer, peak_lr * lr_factor(global_step, cfg, steps_per_epoch))
+                x = x.to(device).contiguous(memory_format=fmt)
                 y = y.to(device)
-                logits, loss = step_loss(x, y, rows)
-                if not torch.isfinite(loss):
-                    result.skipped_batches += _non_finite(loss, cfg, epoch, step, checkpoint)
-                    optimizer.zero_grad(set_to_none=True)
-                    continue
+                with torch.autocast(device.type, AUTOCAST.get(cfg.precision),
+                                    enabled=cfg.precision != "fp32"):  # fmt: skip
+                    logits, loss = step_loss(net, loss_net, x, y, rows)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                if not _finite_everywhere(loss, world):
+                    # the backward still runs so every process's DDP finishes the step together;
+                    # its gradients are dropped
+                    loss.backward()
+                    optimizer.zero_grad(set_to_none=True)
+                    result.skipped_batches += _non_finite(loss, cfg, epoch, step, checkpoint)
+                    continue
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
 
                 run["seen"] += len(y)
                 run["correct"] += (logits.detach().argmax(1) == y).sum().item()
                 run["loss_sum"] += loss.item() * len(y)
                 run["seconds"] = time.perf_counter() - started
-                rate = run["seen"] / max(1e-9, run["seconds"])
+                rate = run["seen"] * world / max(1e-9, run["seconds"])
                 stats = (
                     f"ep {epoch + 1}/{cfg.epochs} loss {run['loss_sum'] / run['seen']:.3f} "
                     f"acc {run['correct'] / run['seen']:.3f} {rate:,.0f} img/s"
@@ -111,18 +140,20 @@ def fit(
                     writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], global_step)
                 every = cfg.checkpoint_every_steps
                 if every and (step + 1) % every == 0 and step + 1 < steps_per_epoch:
-                    _save(checkpoint, fingerprint, model, companion, optimizer, epoch, step + 1,
-                          result.history, best, run)  # fmt: skip
+                    save(epoch, step + 1, result.history, best, _summed(run))
 
+            total = _summed(run)
+            seconds = time.perf_counter() - started
             record = {
                 "epoch": epoch + 1,
-                "loss": run["loss_sum"] / max(1, run["seen"]),
-                "train_top1": run["correct"] / max(1, run["seen"]),
+                "loss": total["loss_sum"] / max(1, total["seen"]),
+                "train_top1": total["correct"] / max(1, total["seen"]),
                 "lr": optimizer.param_groups[0]["lr"],
-                "seconds": time.perf_counter() - started,
-                "images_per_s": run["seen"] / max(1e-9, time.perf_counter() - started),
+                "seconds": seconds,
+                "images_per_s": total["seen"] / max(1e-9, seconds),
             }
             if data.val is not None:
+                distributed.sync_buffers(model, companion)
                 record["val_top1"] = evaluate(model, data, data.val, device)["top1"]
                 model.train()
                 if record["val_top1"] > best["top1"]:
@@ -133,15 +164,30 @@ def fit(
                 for key, value in record.items():
                     writer.add_scalar(f"epoch/{key}", value, epoch + 1)
             epoch, skip = epoch + 1, 0
-            _save(checkpoint, fingerprint, model, companion, optimizer, epoch, 0,
-                  result.history, best, None)  # fmt: skip
+            save(epoch, 0, result.history, best, None)
 
     if writer:
         writer.close()
+    distributed.sync_buffers(model, companion)
     if cfg.select == "best_val" and best.get("state_dict") is not None:
         model.load_state_dict(best["state_dict"])
         console.print(f"  kept epoch {best['epoch']} (best val top1 {best['top1']:.4f})")
     return result
+
+
+def _finite_everywhere(loss: torch.Tensor, world: int) -> bool:
+    """Whether the loss is finite on every process (they must skip a batch together)."""
+    finite = bool(torch.isfinite(loss).item())
+    if world == 1:
+        return finite
+    return distributed.all_reduce([float(finite)], op="min")[0] > 0
+
+
+def _summed(run: dict[str, float]) -> dict[str, float]:
+    """The running sums over all processes (seconds: this process's)."""
+    seen, correct, loss_sum = distributed.all_reduce([run["seen"], run["correct"], run["loss_sum"]])
+    return {"seen": int(seen), "correct": int(correct), "loss_sum": loss_sum,
+            "seconds": run["seconds"]}  # fmt: skip
 
 
 def _non_finite(loss: torch.Tensor, cfg: TrainConfig, epoch: int, step: int, ckpt: Path) -> int:
@@ -166,18 +212,22 @@ def _save(
     model: nn.Module,
     companion: nn.Module,
     optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
     epoch: int,
     step_in_epoch: int,
     history: list[dict[str, float]],
     best: dict[str, Any],
     running: dict[str, float] | None,
 ) -> None:
+    if not distributed.is_main():
+        return
     save_torch(
         {
             "fingerprint": fingerprint,
             "model": _cpu_state(model),
             "companion": _cpu_state(companion),
             "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
             "epoch": epoch,
             "step_in_epoch": step_in_epoch,
             "history": history,
@@ -195,8 +245,11 @@ def _resume(
     model: nn.Module,
     companion: nn.Module,
     optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
 ) -> dict[str, Any]:
-    """Load a checkpoint written for this exact stage config; anything else starts fresh."""
+    """Load a checkpoint written for this exact stage config; anything else starts fresh.
+
+    Under torchrun every process reads the file rank 0 wrote."""
     if not path.exists():
         return {}
     state = load_torch(path)
@@ -206,12 +259,14 @@ def _resume(
     model.load_state_dict(state["model"])
     companion.load_state_dict(state.get("companion", {}))
     optimizer.load_state_dict(state["optimizer"])
+    if state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
     torch.set_rng_state(state["torch_rng"])
     return state
 
 
 def _tensorboard(log_dir: Path | None, purge_step: int) -> Any:
-    if log_dir is None:
+    if log_dir is None or not distributed.is_main():
         return None
     try:
         from torch.utils.tensorboard import SummaryWriter
