@@ -68,15 +68,6 @@ class Split:
             return self
         return self.take(torch.arange(n))
 
-    def take(self, rows: torch.Tensor) -> Split:
-        """The images at ``rows``, in that order."""
-        return Split(
-            labels=self.labels[rows],
-            images=None if self.images is None else self.images[rows],
-            source=self.source,
-            indices=None if self.indices is None else self.indices[rows],
-        )
-
     def sample(self, n: int, seed: int) -> Split:
         """``n`` images drawn at random without replacement (class-sorted folders included)."""
         if n >= len(self):
