@@ -1,9 +1,12 @@
-"""Side-by-side onnxruntime latency of the unpruned and the pruned student of a run.
+"""Side-by-side onnxruntime latency of two ONNX files of one run: the speed-up of a candidate.
 
-    .venv/bin/python benchmarks/prune_speedup.py [--run-dir runs/quickstart_prune]
+    .venv/bin/python benchmarks/onnx_speedup.py --run-dir runs/quickstart_int8 \\
+        --baseline export:onnx_fp32 --candidate export:onnx          # INT8 vs its FP32 twin
+    .venv/bin/python benchmarks/onnx_speedup.py --run-dir runs/quickstart_prune \\
+        --baseline export_unpruned --candidate export                # pruned vs unpruned
 
-Both ONNX files are timed in interleaved rounds in one process (the machine's noise lands on
-both), at batch 1 and 32; prints throughput and the speed-up ratio. A measurement, not a test.
+Both files are timed in interleaved rounds in one process (the machine's noise lands on both),
+at batch 1 and 32; prints latency, throughput and the speed-up ratio. A measurement, not a test.
 """
 
 from __future__ import annotations
@@ -20,39 +23,50 @@ from compress.bench.sidebyside import interleaved_latency
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run-dir", type=Path, default=Path("runs/quickstart_prune"))
-    parser.add_argument("--unpruned", default="export_unpruned")
-    parser.add_argument("--pruned", default="export")
+    parser.add_argument("--run-dir", type=Path, default=Path("runs/quickstart_int8"))
+    parser.add_argument("--baseline", default="export:onnx_fp32", help="STAGE[:ARTIFACT]")
+    parser.add_argument("--candidate", default="export:onnx", help="STAGE[:ARTIFACT]")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     stages = json.loads((args.run_dir / "manifest.json").read_text())["stages"]
     paths = {
-        name: args.run_dir / stages[stage]["artifacts"]["onnx"]["path"]
-        for name, stage in (("unpruned", args.unpruned), ("pruned", args.pruned))
+        role: args.run_dir / stages[stage]["artifacts"][artifact or "onnx"]["path"]
+        for role, (stage, _, artifact) in (
+            ("baseline", args.baseline.partition(":")),
+            ("candidate", args.candidate.partition(":")),
+        )
     }
-    prune = next((e for e in stages.values() if e["type"] == "prune"), {}).get("metrics", {})
-    if prune:
-        print(f"MACs kept {prune['macs_kept']:.3f}, params kept {prune['params_kept']:.3f}; "
-              f"top-1 {prune['before']['top1']:.4f} -> {prune['top1']:.4f}")  # fmt: skip
+    for entry in stages.values():  # what the candidate cost in accuracy, where a stage says
+        metrics = entry.get("metrics", {})
+        if entry["type"] == "prune":
+            print(f"prune: MACs kept {metrics['macs_kept']:.3f}, params kept "
+                  f"{metrics['params_kept']:.3f}; top-1 {metrics['before']['top1']:.4f} -> "
+                  f"{metrics['top1']:.4f}")  # fmt: skip
+        if entry["type"] in ("ptq", "qat"):
+            print(f"{entry['type']}: top-1 float {metrics['float_top1']:.4f} -> "
+                  f"{metrics['top1']:.4f} (PTQ {metrics['ptq_top1']:.4f})")  # fmt: skip
+        if entry["type"] == "bench" and "fp32_onnx_top1" in metrics:
+            print(f"bench: ONNX top-1 INT8 {metrics['top1']:.4f}, FP32 "
+                  f"{metrics['fp32_onnx_top1']:.4f}")  # fmt: skip
     runners = {
-        name: load_runner("onnxruntime", path, BackendOptions(threads=args.threads))
-        for name, path in paths.items()
+        role: load_runner("onnxruntime", path, BackendOptions(threads=args.threads))
+        for role, path in paths.items()
     }
-    shape = [d if isinstance(d, int) else 1 for d in _input_shape(paths["unpruned"])]
+    shape = [d if isinstance(d, int) else 1 for d in _input_shape(paths["baseline"])]
     for batch_size in (1, 32):
         batch = (
             np.random.default_rng(0).standard_normal((batch_size, *shape[1:])).astype(np.float32)
         )
-        calls = {name: (lambda r=r, b=batch: r.call(b)) for name, r in runners.items()}
+        calls = {role: (lambda r=r, b=batch: r.call(b)) for role, r in runners.items()}
         stats = interleaved_latency(calls, batch_size, rounds=args.rounds)
-        for name, s in stats.items():
+        for role, s in stats.items():
             print(
-                f"batch {batch_size:>3} {name:<9} p50 {s['p50']:7.3f} ms  "
+                f"batch {batch_size:>3} {role:<9} p50 {s['p50']:7.3f} ms  "
                 f"p99 {s['p99']:7.3f} ms  {s['throughput']:9,.0f} img/s"
             )
-        ratio = stats["pruned"]["throughput"] / stats["unpruned"]["throughput"]
-        p50_ratio = stats["unpruned"]["p50"] / stats["pruned"]["p50"]
+        ratio = stats["candidate"]["throughput"] / stats["baseline"]["throughput"]
+        p50_ratio = stats["baseline"]["p50"] / stats["candidate"]["p50"]
         print(f"batch {batch_size:>3} speed-up: x{ratio:.2f} throughput, x{p50_ratio:.2f} p50")
 
 
