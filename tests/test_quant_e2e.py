@@ -88,3 +88,17 @@ def test_qat_refuses_feature_methods_with_the_reason(tmp_path: Path, cli):
     result = cli("validate", str(pipeline))
     assert result.returncode == 2
     assert "qat distils from logits" in result.stdout + result.stderr
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here"
+)
+def test_benching_an_engine_without_tensorrt_names_the_extra(tmp_path: Path, cli):
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"not a real engine")
+    sidecar = {"input_shape": ["batch", 1, 28, 28], "preprocess": None, "labels": None}
+    (tmp_path / "model.engine.json").write_text(json.dumps(sidecar))
+    result = cli("bench", str(engine))  # backend chosen by the suffix: tensorrt
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert "pip install 'compress[tensorrt]'" in output and "Traceback" not in output

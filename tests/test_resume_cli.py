@@ -29,6 +29,14 @@ PIPELINE = {
                 "lr": 0.05, "augment": "standard", "checkpoint_every_steps": 4,
                 "method": {"name": "kd", "temperature": 4.0, "alpha": 0.5}},
 }  # fmt: skip
+# the same kill/resume, in the quantization-aware fine-tuning after a short distillation
+QAT_PIPELINE = {
+    **PIPELINE,
+    "name": "resume_qat",
+    "distill": {**PIPELINE["distill"], "epochs": 1, "checkpoint_every_steps": None},
+    "qat": {"epochs": 3, "lr": 0.01, "augment": "standard", "checkpoint_every_steps": 4,
+            "calibration_images": 128, "method": {"name": "kd", "temperature": 4.0}},
+}  # fmt: skip
 
 
 def run(pipeline: Path, run_dir: Path) -> subprocess.Popen:
@@ -39,21 +47,22 @@ def run(pipeline: Path, run_dir: Path) -> subprocess.Popen:
     )  # fmt: skip
 
 
-def distill_metrics(run_dir: Path) -> dict:
-    return json.loads((run_dir / "manifest.json").read_text())["stages"]["distill"]["metrics"]
+def stage_metrics(run_dir: Path, stage: str) -> dict:
+    return json.loads((run_dir / "manifest.json").read_text())["stages"][stage]["metrics"]
 
 
 @pytest.mark.e2e
 @requires_fashion
-def test_kill_9_mid_epoch_then_rerun_matches_an_uninterrupted_run(tmp_path: Path):
+@pytest.mark.parametrize(("stage", "raw"), [("distill", PIPELINE), ("qat", QAT_PIPELINE)])
+def test_kill_9_mid_epoch_then_rerun_matches_an_uninterrupted_run(tmp_path: Path, stage, raw):
     pipeline = tmp_path / "resume.yaml"
-    pipeline.write_text(yaml.safe_dump(PIPELINE, sort_keys=False))
+    pipeline.write_text(yaml.safe_dump(raw, sort_keys=False))
 
     straight = run(pipeline, tmp_path / "straight")
     assert straight.wait(timeout=600) == 0, straight.stdout.read()
 
     victim = run(pipeline, tmp_path / "killed")
-    checkpoint = tmp_path / "killed" / "distill" / "checkpoint.pt"
+    checkpoint = tmp_path / "killed" / stage / "checkpoint.pt"
     deadline = time.time() + 600
     while not checkpoint.exists() and time.time() < deadline and victim.poll() is None:
         time.sleep(0.05)
@@ -66,15 +75,15 @@ def test_kill_9_mid_epoch_then_rerun_matches_an_uninterrupted_run(tmp_path: Path
     output = resumed.communicate(timeout=600)[0]
     assert resumed.returncode == 0, output
     assert "teacher: unchanged, skipped" in output
-    assert re.search(r"resuming distill .*from epoch \d, step \d+", output), output
+    assert re.search(rf"resuming {stage} .*from epoch \d, step \d+", output), output
     killed, straight_metrics = (
-        distill_metrics(tmp_path / "killed"),
-        distill_metrics(tmp_path / "straight"),
+        stage_metrics(tmp_path / "killed", stage),
+        stage_metrics(tmp_path / "straight", stage),
     )
     assert (killed["top1"], killed["top5"]) == (straight_metrics["top1"], straight_metrics["top5"])
-    assert epoch_losses(tmp_path / "killed") == epoch_losses(tmp_path / "straight")
+    assert epoch_losses(tmp_path / "killed", stage) == epoch_losses(tmp_path / "straight", stage)
 
 
-def epoch_losses(run_dir: Path) -> list[tuple[float, float]]:
-    history = json.loads((run_dir / "distill" / "history.json").read_text())
+def epoch_losses(run_dir: Path, stage: str) -> list[tuple[float, float]]:
+    history = json.loads((run_dir / stage / "history.json").read_text())
     return [(h["loss"], h["train_top1"]) for h in history]

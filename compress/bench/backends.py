@@ -64,6 +64,8 @@ def load_runner(backend: str, path: Path, options: BackendOptions) -> Runner:
 
 
 def default_backend(path: Path) -> str:
+    if path.suffix in (".engine", ".plan"):
+        return "tensorrt"
     return "onnxruntime" if path.suffix == ".onnx" else "torch"
 
 

@@ -29,6 +29,8 @@ PARAM_TYPES = {1, 2, 3, 10, 16}  # float, uint8, int8, float16, bfloat16 (onnx.T
 
 def model_facts(path: Path) -> dict[str, Any]:
     """``{"format", "params", "macs", "bytes"}`` of an ONNX file or one of our model files."""
+    if path.suffix in (".engine", ".plan"):  # a compiled engine: no graph to count from
+        return {"format": "tensorrt", "params": None, "macs": None, "bytes": path.stat().st_size}
     if path.suffix == ".onnx":
         import onnx
 

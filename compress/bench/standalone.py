@@ -61,6 +61,13 @@ def describe_artifact(path: Path) -> dict[str, Any]:
         meta = read_metadata(path)
         return {"input_name": first.name, "shape": list(first.shape),
                 "preprocess": meta.get("preprocess"), "labels": meta.get("labels")}  # fmt: skip
+    if path.suffix in (".engine", ".plan"):  # the JSON our export writes beside the engine
+        sidecar = path.with_suffix(path.suffix + ".json")
+        if not sidecar.is_file():
+            raise CompressError(f"{path}: no {sidecar.name} beside it (written by compress export)")
+        info = json.loads(sidecar.read_text())
+        return {"input_name": "input", "shape": info["input_shape"],
+                "preprocess": info.get("preprocess"), "labels": info.get("labels")}  # fmt: skip
     from compress.models import load_model
 
     _, _, meta = load_model(path)
