@@ -17,8 +17,9 @@ from typing import Any
 from compress.manifest import Manifest
 
 FORMATS = {".pt": "PyTorch", ".onnx": "ONNX", ".engine": "TensorRT", ".plan": "TensorRT"}
-RUNTIMES = {"onnxruntime": "onnxruntime", "torch": "PyTorch eager",
-            "torch-compile": "torch.compile"}  # fmt: skip
+RUNTIMES = {"onnxruntime": "onnxruntime", "onnxruntime-fp32": "onnxruntime",
+            "torch": "PyTorch eager", "torch-compile": "torch.compile",
+            "tensorrt": "TensorRT", "tensorrt-e2e": "TensorRT, with copies"}  # fmt: skip
 
 
 @dataclass
@@ -37,10 +38,13 @@ class ModelRow:
     bytes: int | None = None
     latency: dict[str, dict[str, float]] = field(default_factory=dict)  # batch -> stats
 
+    precision: str | None = None  # INT8 / FP32 where a stage wrote both
+
     @property
     def name(self) -> str:
         arch = f" {self.arch}" if self.arch else ""
-        return f"{self.stage}{arch} ({self.format})"
+        precision = f" {self.precision}" if self.precision else ""
+        return f"{self.stage}{arch} ({self.format}{precision})"
 
     @property
     def runtime_name(self) -> str:
@@ -71,6 +75,7 @@ def model_rows(manifest: Manifest) -> list[ModelRow]:
                 arch=_arch(name, entry, config, stages), top1=metrics.get("top1"),
                 top5=metrics.get("top5"), ece=metrics.get("ece"), params=metrics.get("params"),
                 macs=metrics.get("macs"), bytes=record.get("bytes"),
+                precision=_precision(key, entry),
             )  # fmt: skip
     measured: dict[tuple[str, str], list[ModelRow]] = {}
     for entry in stages.values():
@@ -91,6 +96,14 @@ def model_rows(manifest: Manifest) -> list[ModelRow]:
     for key, row in base.items():
         rows.extend(measured.get(key, [row]))
     return rows
+
+
+def _precision(artifact: str, entry: dict[str, Any]) -> str | None:
+    """INT8 for a quantized model's files, FP32 for the float twin exported beside them."""
+    if artifact.endswith("_fp32"):
+        return "FP32"
+    quantized = "quant" in entry.get("metrics", {}) or "runtime_ops" in entry.get("metrics", {})
+    return "INT8" if quantized and artifact in ("model", "onnx", "tensorrt") else None
 
 
 def bench_targets(entry: dict[str, Any], stages: dict[str, Any]) -> dict[str, dict[str, Any]]:
