@@ -141,7 +141,7 @@ def test_mutual_learning_matches_hand_computation_and_detaches_peers():
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 3)
     spec = METHODS.get("mutual")
-    loss_fn = spec.build(spec.params(peers=1, temperature=2.0), None, model)
+    loss_fn = spec.build(spec.params(peers=1, temperature=2.0, warmup=0.0), None, model)
     x, y = torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
     from compress.distill.base import Features
 
@@ -161,3 +161,34 @@ def test_mutual_learning_matches_hand_computation_and_detaches_peers():
     expected_grad = (softmax(z1.detach().numpy(), 1.0) - onehot + t * (p1 - p2)) / 6
     assert np.allclose(z1.grad.numpy(), expected_grad, atol=1e-6)
     assert not torch.equal(loss_fn.peers[0].weight, model.weight)  # a fresh initialisation
+
+
+@pytest.mark.parametrize(("warmup", "total", "expected"), [
+    (0.5, 10, [0.2, 0.4, 0.6, 0.8, 1.0, 1.0]),  # ramp over round(0.5 * 10) = 5 steps
+    (1.0, 4, [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]),
+    (0.0, 10, [1.0] * 6),  # the paper's constant weight
+])  # fmt: skip
+def test_mutual_mimicry_ramps_in_over_the_planned_steps(warmup, total, expected):
+    """Regression for the 24% grid result: the KL terms between students trained from scratch
+    are ramped in over ``warmup`` of the planned steps; CE is never scaled."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    spec = METHODS.get("mutual")
+    loss_fn = spec.build(spec.params(peers=1, temperature=1.0, warmup=warmup), None, model)
+    loss_fn.plan(total)
+    x, y = torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    ce = lambda z: -np.mean(np.log(softmax(z, 1.0)[np.arange(6), y.numpy()]))  # noqa: E731
+    for w in expected:
+        z1, z2 = model(x).detach(), loss_fn.peers[0](x).detach()
+        loss = loss_fn(z1, None, y, Features(inputs=x))
+        p1, p2 = softmax(z1.numpy(), 1.0), softmax(z2.numpy(), 1.0)
+        kl = np.mean(np.sum(p2 * np.log(p2 / p1), 1)) + np.mean(np.sum(p1 * np.log(p1 / p2), 1))
+        assert loss.item() == pytest.approx(ce(z1.numpy()) + ce(z2.numpy()) + w * kl, rel=1e-5)
+
+
+def test_plan_reaches_the_parts_of_a_mix():
+    spec = METHODS.get("mix")
+    params = spec.params(parts=[{"name": "kd", "alpha": 0.0}, {"name": "mutual"}])
+    loss_fn = spec.build(params, FeatureShapes(), torch.nn.Linear(4, 3))
+    loss_fn.plan(123)
+    assert [part.total_steps for part in loss_fn.parts] == [123, 123]

@@ -74,7 +74,21 @@ class FeatureShapes:
 
 
 class DistillLoss(nn.Module):
-    """``forward(student_logits, teacher_logits, labels, features) -> scalar``."""
+    """``forward(student_logits, teacher_logits, labels, features) -> scalar``.
+
+    ``total_steps`` is the number of optimiser steps the trainer plans (set through ``plan``
+    before training; 0 when unknown): losses with a schedule (KD temperature annealing, mutual
+    learning's ramp) read it together with a ``steps`` buffer they count themselves, so a
+    resumed run continues the schedule where it stopped.
+    """
+
+    total_steps: int = 0
+
+    def plan(self, total_steps: int) -> None:
+        """Tell this loss and every loss inside it (the parts of a mix) the training length."""
+        for module in self.modules():
+            if isinstance(module, DistillLoss):
+                module.total_steps = total_steps
 
     def forward(
         self,
@@ -96,6 +110,11 @@ class MethodSpec:
 
 
 METHODS: Registry[MethodSpec] = Registry("distillation method")
+
+
+def schedule_progress(step: int, total_steps: int) -> float:
+    """Fraction of training done at a 0-based step: 0 at the first step, 1 at the last."""
+    return min(1.0, step / max(1, total_steps - 1))
 
 
 def pooled(feature: torch.Tensor) -> torch.Tensor:

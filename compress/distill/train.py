@@ -54,6 +54,7 @@ def distill_student(
         probe_shapes(teacher, teacher_layers, example, "the teacher") if teacher else {},
     )
     loss_fn = build_loss(settings, shapes, student).to(ctx.device)
+    loss_fn.plan(train.epochs * data.steps_per_epoch(train.batch_size or data.cfg.batch_size))
     cache = teacher is not None and not teacher_layers
     cache = cache and train.augment == "none" and settings.cache_teacher
     teacher_logits_for = teacher_source(teacher, ctx, cached=cache)

@@ -3,10 +3,18 @@
 The student and ``peers`` freshly initialised copies of it train together from scratch; each
 learns from the labels and from every other's predictions, no pretrained teacher:
 
-    L = sum_i [ CE(z_i, y) + T^2 / (K - 1) * sum_{j != i} KL(p_j || p_i) ]
+    L = sum_i [ CE(z_i, y) + w * T^2 / (K - 1) * sum_{j != i} KL(p_j || p_i) ]
 
-with p_j detached in the term that trains i. The stage keeps the first student; the peers'
-accuracy is reported beside it.
+with p_j detached in the term that trains i, and w the ramp below. The stage keeps the first
+student; the peers' accuracy is reported beside it.
+
+The mimicry terms are ramped in linearly over the first ``warmup`` fraction of the training
+steps (the consistency ramp-up of Laine & Aila 2017 and Tarvainen & Valpola 2017). Without it,
+two students trained from scratch for a short budget pull each other into confident agreement
+on wrong classes: at lr 0.1 and 78 steps on 10,000 Fashion-MNIST images the logits grew past
+200 within 10 steps and the students ended at 28% / 11% top-1 (baseline 79%); with the KL
+terms switched off the same wiring gave 80% / 74%, with the ramp over the whole run 78% / 76%.
+``warmup: 0`` is the paper's constant weight.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from __future__ import annotations
 import copy
 from typing import Literal
 
+import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
@@ -26,6 +35,12 @@ class MutualParams(ClassifierLossParams):
     name: Literal["mutual"] = "mutual"
     peers: int = Field(1, ge=1, le=7, description="extra students trained alongside")
     temperature: float = Field(1.0, gt=0.0, description="softening temperature T")
+    warmup: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="ramp the mimicry terms up linearly over this fraction of training (0: off)",
+    )
 
 
 def fresh_copy(model: nn.Module) -> nn.Module:
@@ -42,9 +57,18 @@ class MutualLoss(DistillLoss):
         assert isinstance(student, nn.Module), "mutual learning needs the student"
         self.params = params
         self.peers = nn.ModuleList(fresh_copy(student) for _ in range(params.peers))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    def mimicry_weight(self) -> float:
+        """Weight of the KL terms at the current step: (step + 1) / ramp steps, at most 1."""
+        ramp_steps = round(self.params.warmup * self.total_steps)
+        return min(1.0, (self.steps.item() + 1) / ramp_steps) if ramp_steps > 0 else 1.0
 
     def forward(self, student, teacher, labels, features: Features | None = None):
         p = self.params
+        weight = self.mimicry_weight()
+        if self.training:
+            self.steps += 1
         logits = [student] + [peer(features.inputs) for peer in self.peers]
         total = 0.0
         for i, z_i in enumerate(logits):
@@ -52,7 +76,7 @@ class MutualLoss(DistillLoss):
             for j, z_j in enumerate(logits):
                 if j != i:
                     kl = kd_divergence(z_i, z_j.detach(), p.temperature)
-                    total = total + kl / (len(logits) - 1)
+                    total = total + weight * kl / (len(logits) - 1)
         return total
 
 
