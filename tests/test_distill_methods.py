@@ -192,3 +192,36 @@ def test_plan_reaches_the_parts_of_a_mix():
     loss_fn = spec.build(params, FeatureShapes(), torch.nn.Linear(4, 3))
     loss_fn.plan(123)
     assert [part.total_steps for part in loss_fn.parts] == [123, 123]
+
+
+@pytest.mark.parametrize(
+    ("schedule", "expected"),
+    [
+        ("constant", [4.0, 4.0, 4.0, 4.0, 4.0]),
+        ("linear", [4.0, 3.25, 2.5, 1.75, 1.0]),  # 4 -> 1 over 5 steps
+        ("cosine", [4.0, 1.0 + 3.0 * (1 + np.cos(np.pi / 4)) / 2, 2.5,
+                    1.0 + 3.0 * (1 + np.cos(3 * np.pi / 4)) / 2, 1.0]),
+    ],
+)  # fmt: skip
+def test_kd_temperature_schedule_values_and_t_squared_at_each_step(schedule, expected):
+    """Each training step's loss is hand KD at that step's T (softmax and T^2 both)."""
+    gen = torch.Generator().manual_seed(3)
+    spec = METHODS.get("kd")
+    final = None if schedule == "constant" else 1.0
+    params = spec.params(temperature=4.0, alpha=0.3, temperature_schedule=schedule,
+                         final_temperature=final)  # fmt: skip
+    loss_fn = spec.build(params)
+    loss_fn.plan(5)
+    for step, t in enumerate(expected):
+        assert params.temperature_at(step, 5) == pytest.approx(t)
+        student, teacher = torch.randn(6, 10, generator=gen) * 3, torch.randn(6, 10, generator=gen)
+        labels = torch.randint(0, 10, (6,), generator=gen)
+        loss = loss_fn(student, teacher, labels)
+        want = hand_kd(student.numpy(), teacher.numpy(), labels.numpy(), t, 0.3)
+        assert loss.item() == pytest.approx(want, rel=1e-5)
+    assert params.temperature_at(99, 5) == pytest.approx(expected[-1])  # stays at the end value
+
+
+def test_kd_schedule_without_final_temperature_is_a_clear_error():
+    with pytest.raises(ValueError, match="temperature_schedule linear needs final_temperature"):
+        METHODS.get("kd").params(temperature_schedule="linear")
