@@ -169,6 +169,11 @@ def _resolve_inputs(
                 raise CompressError(f"stage '{name}' needs '{producer}', which has not finished")
             continue
         inputs[kind] = StageInput(producer, kind, entry, manifest.run_dir)
+    for key, (kind, source) in STAGES.get(cfg.type).extra_inputs(cfg).items():
+        entry = manifest.stages.get(source, {})
+        if entry.get("status") != "done":
+            raise CompressError(f"stage '{name}' needs '{source}', which has not finished")
+        inputs[key] = StageInput(source, kind, entry, manifest.run_dir)
     return inputs
 
 

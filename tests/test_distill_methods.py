@@ -225,3 +225,35 @@ def test_kd_temperature_schedule_values_and_t_squared_at_each_step(schedule, exp
 def test_kd_schedule_without_final_temperature_is_a_clear_error():
     with pytest.raises(ValueError, match="temperature_schedule linear needs final_temperature"):
         METHODS.get("kd").params(temperature_schedule="linear")
+
+
+def test_kd_with_two_identical_teachers_equals_one_teacher():
+    gen = torch.Generator().manual_seed(4)
+    student, teacher = torch.randn(5, 7, generator=gen), torch.randn(5, 7, generator=gen) * 2
+    labels = torch.randint(0, 7, (5,), generator=gen)
+    loss_fn = METHODS.get("kd").build(METHODS.get("kd").params(temperature=3.0, alpha=0.2))
+    one = loss_fn(student, teacher, labels)
+    two = loss_fn(student, torch.stack([teacher, teacher.clone()]), labels)
+    assert two.item() == pytest.approx(one.item(), rel=1e-6)
+
+
+def test_kd_with_two_teachers_uses_their_average_probability_at_t():
+    gen = torch.Generator().manual_seed(5)
+    student = torch.randn(5, 7, generator=gen)
+    t1, t2 = torch.randn(5, 7, generator=gen) * 3, torch.randn(5, 7, generator=gen) * 3
+    labels = torch.randint(0, 7, (5,), generator=gen)
+    t, alpha = 4.0, 0.25
+    loss = METHODS.get("kd").build(METHODS.get("kd").params(temperature=t, alpha=alpha))(
+        student, torch.stack([t1, t2]), labels
+    )
+    s = student.double().numpy()
+    p_t = (softmax(t1.double().numpy(), t) + softmax(t2.double().numpy(), t)) / 2
+    p_s = softmax(s, t)
+    kl = np.mean(np.sum(p_t * (np.log(p_t) - np.log(p_s)), axis=1))
+    ce = -np.mean(np.log(softmax(s, 1.0)[np.arange(5), labels.numpy()]))
+    assert loss.item() == pytest.approx(alpha * ce + (1 - alpha) * t * t * kl, rel=1e-5)
+    # averaging probabilities is not averaging logits
+    averaged_logits = METHODS.get("kd").build(METHODS.get("kd").params(temperature=t, alpha=alpha))(
+        student, (t1 + t2) / 2, labels
+    )
+    assert not math.isclose(loss.item(), averaged_logits.item(), rel_tol=1e-3)

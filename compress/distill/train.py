@@ -20,7 +20,7 @@ from compress.distill.config import DistillSettings
 from compress.distill.features import probe_shapes, tapped
 from compress.io import load_torch, save_torch, sha256_json
 from compress.models import load_model
-from compress.stages.base import StageContext
+from compress.stages.base import StageContext, StageInput
 from compress.stages.common import checkpoint_path
 from compress.train.evaluate import predict
 from compress.train.loop import FitResult, fit
@@ -46,7 +46,9 @@ def distill_student(
     """Train ``student`` in place from the stage's teacher input with ``settings.method``."""
     data = ctx.data()
     student.to(ctx.device).to(memory_format=torch.channels_last)
-    teacher = load_teacher(ctx) if settings.uses_teacher() else None
+    uses_teacher = settings.uses_teacher()
+    teachers = [load_teacher(s, ctx.device) for s in teacher_inputs(ctx)] if uses_teacher else []
+    teacher = teachers[0] if teachers else None  # feature methods tap this one
     student_layers, teacher_layers = settings.layers()
     example = next(data.eval_batches(data.test, 2))[0].to(ctx.device)
     shapes = FeatureShapes(
@@ -57,7 +59,7 @@ def distill_student(
     loss_fn.plan(train.epochs * data.steps_per_epoch(train.batch_size or data.cfg.batch_size))
     cache = teacher is not None and not teacher_layers
     cache = cache and train.augment == "none" and settings.cache_teacher
-    teacher_logits_for = teacher_source(teacher, ctx, cached=cache)
+    teacher_logits_for = teacher_source(teachers, ctx, cached=cache)
 
     with (
         tapped(student, student_layers, "the student") as student_taps,
@@ -88,37 +90,49 @@ def distill_student(
     return result
 
 
-def load_teacher(ctx: StageContext) -> nn.Module:
-    teacher, _, _ = load_model(ctx.input("teacher").path())
-    teacher.to(ctx.device).to(memory_format=torch.channels_last).eval()
+def teacher_inputs(ctx: StageContext) -> list[StageInput]:
+    """The stage's teacher input, then any further ``teachers`` (keys teacher.2, teacher.3...)."""
+    keys = ["teacher"] + [f"teacher.{i}" for i in range(2, len(ctx.inputs) + 2)]
+    return [ctx.inputs[k] for k in keys if k in ctx.inputs]
+
+
+def load_teacher(source: StageInput, device: torch.device) -> nn.Module:
+    teacher, _, _ = load_model(source.path())
+    teacher.to(device).to(memory_format=torch.channels_last).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher
 
 
 def teacher_source(
-    teacher: nn.Module | None, ctx: StageContext, cached: bool
+    teachers: list[nn.Module], ctx: StageContext, cached: bool
 ) -> TeacherLogits | None:
-    """(x, rows) -> teacher logits: a live forward pass, or rows of the cached logits."""
-    if teacher is None:
+    """(x, rows) -> teacher logits: a live forward pass, or rows of the cached logits.
+
+    With several teachers the logits are stacked: teachers x batch x classes.
+    """
+    if not teachers:
         return None
     if not cached:
 
         def live(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
-                return teacher(x)
+                outputs = [teacher(x) for teacher in teachers]
+            return outputs[0] if len(outputs) == 1 else torch.stack(outputs)
 
         return live
-    logits = _cached_logits(teacher, ctx)
-    return lambda x, rows: logits[rows].to(x.device)
+    sources = teacher_inputs(ctx)
+    stored = [_cached_logits(t, s, ctx) for t, s in zip(teachers, sources, strict=True)]
+    logits = stored[0] if len(stored) == 1 else torch.stack(stored)
+    return lambda x, rows: logits[..., rows, :].to(x.device)
 
 
-def _cached_logits(teacher: nn.Module, ctx: StageContext) -> torch.Tensor:
+def _cached_logits(teacher: nn.Module, source: StageInput, ctx: StageContext) -> torch.Tensor:
     """Teacher logits of the training split, shared by stages through the run's cache folder."""
     split_keys = {"dataset", "root", "image_size", "channels", "mean", "std", "train_subset",
                   "val_split"}  # fmt: skip
     data_cfg = ctx.pipeline.data.model_dump(mode="json", include=split_keys)
-    key = sha256_json({"teacher": ctx.input("teacher").entry["artifacts"]["model"]["sha256"],
+    key = sha256_json({"teacher": source.entry["artifacts"]["model"]["sha256"],
                        "data": data_cfg, "seed": ctx.pipeline.seed})  # fmt: skip
     path = ctx.run_dir / "cache" / f"teacher_logits-{key[:16]}.pt"
     if path.exists():

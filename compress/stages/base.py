@@ -39,6 +39,8 @@ class StageSpec:
     produces: str | None  # artifact kind: teacher, student, onnx, bench
     consumes: Callable[[Any], dict[str, bool]]  # kind -> required; the first is the main input
     summary: str
+    # more required inputs named by stage: input key -> (kind, stage), e.g. extra teachers
+    extra_inputs: Callable[[Any], dict[str, tuple[str, str]]] = lambda cfg: {}
 
 
 STAGES: Registry[StageSpec] = Registry("stage type")
