@@ -118,6 +118,12 @@ class TrainConfig(StrictModel):
     nan_policy: Literal["stop", "skip"] = Field(
         "stop", description="on a NaN/Inf loss: stop (keep last checkpoint) or skip the batch"
     )
+    clip_grad_norm: float | None = Field(
+        None,
+        gt=0.0,
+        description="clip the model's gradient norm (and, separately, the loss module's: "
+        "peers, heads) to this; default: no clipping",
+    )
 
     @model_validator(mode="after")
     def _schedule_fields(self) -> TrainConfig:

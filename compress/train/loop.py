@@ -57,9 +57,9 @@ def fit(
     projection heads, peer students or an EMA teacher); it is not part of the saved model.
     """
     companion = companion or nn.Module()
-    params = [p for p in model.parameters() if p.requires_grad]
-    params += [p for p in companion.parameters() if p.requires_grad]
-    optimizer = build_optimizer(params, cfg)
+    own = [p for p in model.parameters() if p.requires_grad]
+    companions = [p for p in companion.parameters() if p.requires_grad]
+    optimizer = build_optimizer(own + companions, cfg)
     batch_size = cfg.batch_size or data.cfg.batch_size
     steps_per_epoch = data.steps_per_epoch(batch_size)
     result = FitResult()
@@ -94,6 +94,9 @@ def fit(
                     continue
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if cfg.clip_grad_norm:  # the student and the loss's own modules each
+                    for group in (own, companions):
+                        torch.nn.utils.clip_grad_norm_(group, cfg.clip_grad_norm)
                 optimizer.step()
 
                 run["seen"] += len(y)
