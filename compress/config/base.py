@@ -51,11 +51,26 @@ class DataConfig(StrictModel):
     cache: Literal["auto", "memory", "stream"] = Field(
         "auto", description="memory: decode once into RAM; stream: decode every epoch"
     )
+    unlabeled: Path | None = Field(
+        None,
+        description="folder of extra unlabeled images (searched recursively): distilling "
+        "stages add them to each step with the teacher's soft targets only",
+    )
+    unlabeled_batch_size: int | None = Field(
+        None, ge=1, description="unlabeled images per step; default: the stage's batch size"
+    )
 
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, value: str) -> str:
         return _check_registered("dataset", value)
+
+    @field_validator("unlabeled")
+    @classmethod
+    def _unlabeled_folder(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            raise ValueError(f"no such folder: {value}")
+        return value
 
     @model_validator(mode="after")
     def _norm_lengths(self) -> DataConfig:

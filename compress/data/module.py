@@ -10,15 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from compress.config.base import DataConfig
-from compress.data.datasets import DATASETS, ImageSource
+from compress.data.datasets import DATASETS, IMAGE_SUFFIXES, ImageSource, images_under
 from compress.errors import DataError
 
 MEMORY_CACHE_LIMIT = 4 << 30  # bytes of uint8 pixels kept in RAM under cache: auto
+UNLABELED = -1  # the label of data.unlabeled images; hard-label losses ignore it
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,7 @@ class DataModule:
         self.test = self._split(test_source, test_rows)
         if len(self.train) == 0:
             raise DataError("the training split is empty; check data.train_subset / val_split")
+        self.unlabeled = self._unlabeled(cfg.unlabeled) if cfg.unlabeled else None
 
     @property
     def num_classes(self) -> int:
@@ -132,6 +135,18 @@ class DataModule:
             for start, chunk in self._decode(source, rows):
                 images[start : start + len(chunk)] = chunk
         return Split(labels=labels, images=images)
+
+    def _unlabeled(self, folder: Path) -> Split:
+        """Every image file under ``folder`` (recursively), labelled UNLABELED."""
+        if not folder.is_dir():
+            raise DataError(f"data.unlabeled: {folder} is not a folder")
+        files = images_under(folder)
+        if not files:
+            kinds = ", ".join(sorted(IMAGE_SUFFIXES))
+            raise DataError(f"data.unlabeled: no image files under {folder} (looked for {kinds})")
+        labels = torch.full((len(files),), UNLABELED, dtype=torch.int64)
+        source = ImageSource(labels=labels, classes=self.classes, files=files)
+        return self._split(source, torch.arange(len(files)))
 
     def _stream(self, n: int) -> bool:
         if self.cfg.cache == "auto":
@@ -160,22 +175,40 @@ class DataModule:
         return (images.float() / 255.0 - mean) / std
 
     def train_batches(
-        self, epoch: int, batch_size: int, augment: str, skip: int = 0, seed: int | None = None
+        self,
+        epoch: int,
+        batch_size: int,
+        augment: str,
+        skip: int = 0,
+        seed: int | None = None,
+        unlabeled: int = 0,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Shuffled (x, y, row) batches for one epoch; the last partial batch is dropped.
 
         ``seed`` (default: the data seed) changes the order and augmentation, not the split.
+        ``unlabeled`` > 0 appends that many images of ``data.unlabeled`` to every batch, with
+        label UNLABELED and rows numbered after the training split's (len(train) + i); they are
+        drawn in a shuffled order that wraps around, so an epoch is still one pass over train.
         """
         n = len(self.train)
         seed = self.seed if seed is None else seed
         order = torch.randperm(n, generator=_gen(seed, 1000 + epoch))
         n_batches = max(1, n // batch_size)
+        extra = self.unlabeled if unlabeled else None
+        if extra is not None:
+            extra_order = torch.randperm(len(extra), generator=_gen(seed, 2000 + epoch))
         for b in range(skip, n_batches):
             rows = order[b * batch_size : (b + 1) * batch_size]
             x = self.normalize(self._images(self.train, rows))
+            y = self.train.labels[rows]
+            if extra is not None:
+                picked = extra_order[torch.arange(b * unlabeled, (b + 1) * unlabeled) % len(extra)]
+                x = torch.cat([x, self.normalize(self._images(extra, picked))])
+                y = torch.cat([y, extra.labels[picked]])
+                rows = torch.cat([rows, n + picked])
             if augment != "none":
                 x = augment_batch(x, augment, _gen(seed, 10**6 + epoch * 10**5 + b))
-            yield x, self.train.labels[rows], rows
+            yield x, y, rows
 
     def steps_per_epoch(self, batch_size: int) -> int:
         return max(1, len(self.train) // batch_size)

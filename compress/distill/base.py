@@ -14,10 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
 from compress.config.base import StrictModel
+from compress.data.module import UNLABELED
 from compress.registry import Registry
 
 
@@ -110,6 +112,16 @@ class MethodSpec:
 
 
 METHODS: Registry[MethodSpec] = Registry("distillation method")
+
+
+def hard_label_ce(
+    logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0
+) -> torch.Tensor:
+    """Cross-entropy on the labelled rows of a batch, averaged over them (0 when there are none);
+    rows of ``data.unlabeled`` images (label UNLABELED) only get a method's distillation terms."""
+    if not bool((labels != UNLABELED).any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits, labels, label_smoothing=label_smoothing, ignore_index=UNLABELED)
 
 
 def schedule_progress(step: int, total_steps: int) -> float:

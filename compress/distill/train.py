@@ -60,6 +60,17 @@ def distill_student(
     cache = teacher is not None and not teacher_layers
     cache = cache and train.augment == "none" and settings.cache_teacher
     teacher_logits_for = teacher_source(teachers, ctx, cached=cache)
+    unlabeled_batch = 0
+    if data.unlabeled is not None:
+        if teacher is None:
+            console.print(f"  data.unlabeled: not used by {settings.method_name()} (no teacher)")
+        else:
+            unlabeled_batch = (
+                data.cfg.unlabeled_batch_size or train.batch_size or data.cfg.batch_size
+            )
+            console.print(
+                f"  + {unlabeled_batch} of {len(data.unlabeled):,} unlabeled images a step"
+            )
 
     with (
         tapped(student, student_layers, "the student") as student_taps,
@@ -85,6 +96,7 @@ def distill_student(
             companion=loss_fn,
             tensorboard_dir=ctx.stage_dir / "tensorboard",
             seed=seed,
+            unlabeled_batch=unlabeled_batch,
         )
     result.companion = loss_fn
     return result
@@ -128,9 +140,10 @@ def teacher_source(
 
 
 def _cached_logits(teacher: nn.Module, source: StageInput, ctx: StageContext) -> torch.Tensor:
-    """Teacher logits of the training split, shared by stages through the run's cache folder."""
+    """Teacher logits of the training split, then of ``data.unlabeled`` (rows len(train) + i),
+    shared by stages through the run's cache folder."""
     split_keys = {"dataset", "root", "image_size", "channels", "mean", "std", "train_subset",
-                  "val_split"}  # fmt: skip
+                  "val_split", "unlabeled"}  # fmt: skip
     data_cfg = ctx.pipeline.data.model_dump(mode="json", include=split_keys)
     key = sha256_json({"teacher": source.entry["artifacts"]["model"]["sha256"],
                        "data": data_cfg, "seed": ctx.pipeline.seed})  # fmt: skip
@@ -141,7 +154,9 @@ def _cached_logits(teacher: nn.Module, source: StageInput, ctx: StageContext) ->
             console.print(f"  reusing cached teacher logits ({path.name})")
             return stored["logits"]
     data = ctx.data()
-    console.print(f"  computing teacher logits once for {len(data.train):,} training images")
-    logits = predict(teacher, data, data.train, ctx.device)
+    splits = [data.train] + ([data.unlabeled] if data.unlabeled is not None else [])
+    images = sum(len(split) for split in splits)
+    console.print(f"  computing teacher logits once for {images:,} training images")
+    logits = torch.cat([predict(teacher, data, split, ctx.device) for split in splits])
     save_torch({"key": key, "logits": logits}, path)
     return logits

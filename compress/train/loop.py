@@ -50,11 +50,14 @@ def fit(
     companion: nn.Module | None = None,
     tensorboard_dir: Path | None = None,
     seed: int | None = None,
+    unlabeled_batch: int = 0,
 ) -> FitResult:
     """Train ``model`` in place; on return it holds the selected (last or best-val) weights.
 
     ``companion`` is a module trained and checkpointed alongside (a distillation loss with
     projection heads, peer students or an EMA teacher); it is not part of the saved model.
+    ``unlabeled_batch`` images of ``data.unlabeled`` join every batch (label -1); the running
+    loss and accuracy count the labelled images.
     """
     companion = companion or nn.Module()
     own = [p for p in model.parameters() if p.requires_grad]
@@ -81,7 +84,9 @@ def fit(
             run = state.pop("running", None) if skip else None
             run = run or {"seen": 0, "correct": 0, "loss_sum": 0.0, "seconds": 0.0}
             started = time.perf_counter() - run["seconds"]
-            batches = data.train_batches(epoch, batch_size, augment, skip=skip, seed=seed)
+            batches = data.train_batches(
+                epoch, batch_size, augment, skip=skip, seed=seed, unlabeled=unlabeled_batch
+            )
             for step, (x, y, rows) in enumerate(batches, start=skip):
                 global_step = epoch * steps_per_epoch + step
                 set_lr(optimizer, cfg.lr * lr_factor(global_step, cfg, steps_per_epoch))
@@ -99,9 +104,10 @@ def fit(
                         torch.nn.utils.clip_grad_norm_(group, cfg.clip_grad_norm)
                 optimizer.step()
 
-                run["seen"] += len(y)
+                labelled = int((y >= 0).sum())
+                run["seen"] += labelled
                 run["correct"] += (logits.detach().argmax(1) == y).sum().item()
-                run["loss_sum"] += loss.item() * len(y)
+                run["loss_sum"] += loss.item() * labelled
                 run["seconds"] = time.perf_counter() - started
                 rate = run["seen"] / max(1e-9, run["seconds"])
                 stats = (

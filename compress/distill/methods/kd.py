@@ -31,6 +31,7 @@ from compress.distill.base import (
     DistillLoss,
     Features,
     MethodSpec,
+    hard_label_ce,
     schedule_progress,
 )
 
@@ -103,7 +104,7 @@ class KDLoss(DistillLoss):
         temperature = p.temperature_at(self.steps.item(), self.total_steps)
         if self.training:
             self.steps += 1
-        ce = F.cross_entropy(student, labels, label_smoothing=p.label_smoothing)
+        ce = hard_label_ce(student, labels, p.label_smoothing)
         return p.alpha * ce + (1.0 - p.alpha) * kd_divergence(student, teacher, temperature)
 
 

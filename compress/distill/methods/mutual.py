@@ -23,11 +23,17 @@ import copy
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from compress.distill.base import METHODS, ClassifierLossParams, DistillLoss, Features, MethodSpec
+from compress.distill.base import (
+    METHODS,
+    ClassifierLossParams,
+    DistillLoss,
+    Features,
+    MethodSpec,
+    hard_label_ce,
+)
 from compress.distill.methods.kd import kd_divergence
 
 
@@ -72,7 +78,7 @@ class MutualLoss(DistillLoss):
         logits = [student] + [peer(features.inputs) for peer in self.peers]
         total = 0.0
         for i, z_i in enumerate(logits):
-            total = total + F.cross_entropy(z_i, labels, label_smoothing=p.label_smoothing)
+            total = total + hard_label_ce(z_i, labels, p.label_smoothing)
             for j, z_j in enumerate(logits):
                 if j != i:
                     kl = kd_divergence(z_i, z_j.detach(), p.temperature)
