@@ -73,7 +73,15 @@ def run_pipeline(
             manifest.stages[name] = entry
             manifest.save()
             ctx = StageContext(
-                name, pipeline, run_dir, stage_dir, inputs, fingerprint, device, manifest.data
+                name,
+                pipeline,
+                run_dir,
+                stage_dir,
+                inputs,
+                fingerprint,
+                device,
+                manifest.data,
+                data_config=cfg.data,
             )
             started = time.perf_counter()
             # each stage starts from its own seed, so skipping or resuming earlier stages
@@ -109,10 +117,11 @@ def run_pipeline(
 
 
 def stage_fingerprint(pipeline: PipelineSettings, cfg: Any, inputs: dict[str, StageInput]) -> str:
-    data = pipeline.data.model_dump(mode="json", exclude=set(HASH_EXCLUDED_DATA_KEYS))
+    data_cfg = cfg.data or pipeline.data
+    data = data_cfg.model_dump(mode="json", exclude=set(HASH_EXCLUDED_DATA_KEYS))
     return sha256_json(
         {
-            "stage": cfg.model_dump(mode="json"),
+            "stage": cfg.model_dump(mode="json", exclude={"data"}),  # data: the effective block
             "data": data,
             "seed": pipeline.seed,
             "deterministic": pipeline.deterministic,

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from compress.distill import METHODS, load_methods
-from tests.conftest import requires_fashion
+from tests.conftest import requires_fashion, run_pipeline_dict
 
 load_methods()
 TINY_METHODS = {"attention": {"pairs": [{"student": "features.6", "teacher": "layer2"}]}}
@@ -71,7 +71,7 @@ def test_bad_layer_name_is_one_clear_line(cli, tmp_path: Path):
 
 @pytest.mark.e2e
 @requires_fashion
-def test_two_teachers_distil_one_student_through_the_cli(cli, tmp_path: Path):
+def test_two_teachers_distil_one_student_through_the_cli(tmp_path: Path):
     """kd from two teachers: both are inputs of the stage (and of its fingerprint); the cached
     logits are computed per teacher."""
     teacher = {"model": {"arch": "mobilenet_v2", "width_mult": 0.25},
@@ -87,11 +87,7 @@ def test_two_teachers_distil_one_student_through_the_cli(cli, tmp_path: Path):
                     "method": {"name": "kd", "temperature_schedule": "linear",
                                "final_temperature": 1.0}},
     }  # fmt: skip
-    path = tmp_path / "two.yaml"
-    path.write_text(yaml.safe_dump(pipeline, sort_keys=False))
-    result = cli("run", str(path), "--run-dir", str(tmp_path / "run"))
-    assert result.returncode == 0, result.stdout + result.stderr
-    stages = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]
+    _, stages = run_pipeline_dict(pipeline, tmp_path)
     distill = stages["distill"]
     assert distill["inputs"]["teacher"]["stage"] == "teacher_a"
     assert distill["inputs"]["teacher.2"]["stage"] == "teacher_b"

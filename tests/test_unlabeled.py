@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 
 from compress.config.base import DataConfig
 from compress.config.load import parse_pipeline
 from compress.data.module import UNLABELED, DataModule
 from compress.distill import METHODS, load_methods
 from compress.errors import ConfigError, DataError
+from tests.conftest import run_pipeline_dict
 
 load_methods()
 
@@ -96,7 +96,7 @@ def test_dkd_uses_the_teachers_top_class_on_unlabeled_rows():
     assert unlabeled.item() == pytest.approx(as_labels.item(), rel=1e-6)
 
 
-def test_unlabeled_images_through_compress_run(cli, fake_fashion, tmp_path):
+def test_unlabeled_images_through_compress_run(fake_fashion, tmp_path):
     folder = write_pngs(tmp_path / "extra", 12)
     pipeline = {
         "name": "unlabeled",
@@ -112,14 +112,9 @@ def test_unlabeled_images_through_compress_run(cli, fake_fashion, tmp_path):
                          "method": {"name": "fitnets", "pairs": [{"student": "features.6",
                                                                   "teacher": "features.6"}]}},
     }  # fmt: skip
-    path = tmp_path / "unlabeled.yaml"
-    path.write_text(yaml.safe_dump(pipeline, sort_keys=False))
-    result = cli("run", str(path), "--run-dir", str(tmp_path / "run"))
-    out = result.stdout + result.stderr
-    assert result.returncode == 0, out
+    out, stages = run_pipeline_dict(pipeline, tmp_path)
     assert "+ 8 of 12 unlabeled images a step" in out
     assert "computing teacher logits once for 72 training images" in out  # 60 + 12, cached
-    stages = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]
     assert stages["distill"]["status"] == stages["distill_live"]["status"] == "done"
     history = json.loads((tmp_path / "run" / "distill" / "history.json").read_text())
     assert all(0.0 <= h["train_top1"] <= 1.0 for h in history)

@@ -144,7 +144,7 @@ def _cached_logits(teacher: nn.Module, source: StageInput, ctx: StageContext) ->
     shared by stages through the run's cache folder."""
     split_keys = {"dataset", "root", "image_size", "channels", "mean", "std", "train_subset",
                   "val_split", "unlabeled"}  # fmt: skip
-    data_cfg = ctx.pipeline.data.model_dump(mode="json", include=split_keys)
+    data_cfg = ctx.data_cfg().model_dump(mode="json", include=split_keys)
     key = sha256_json({"teacher": source.entry["artifacts"]["model"]["sha256"],
                        "data": data_cfg, "seed": ctx.pipeline.seed})  # fmt: skip
     path = ctx.run_dir / "cache" / f"teacher_logits-{key[:16]}.pt"
