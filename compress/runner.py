@@ -80,7 +80,15 @@ def run_pipeline(
                 manifest.save()
             distributed.barrier()  # the others start after rank 0 has cleared the stage
             ctx = StageContext(
-                name, pipeline, run_dir, stage_dir, inputs, fingerprint, device, manifest.data
+                name,
+                pipeline,
+                run_dir,
+                stage_dir,
+                inputs,
+                fingerprint,
+                device,
+                manifest.data,
+                data_config=cfg.data,
             )
             started = time.perf_counter()
             # each stage starts from its own seed, so skipping or resuming earlier stages
@@ -132,10 +140,11 @@ def inside(run_dir: Path, relative: str) -> Path:
 
 
 def stage_fingerprint(pipeline: PipelineSettings, cfg: Any, inputs: dict[str, StageInput]) -> str:
-    data = pipeline.data.model_dump(mode="json", exclude=set(HASH_EXCLUDED_DATA_KEYS))
+    data_cfg = cfg.data or pipeline.data
+    data = data_cfg.model_dump(mode="json", exclude=set(HASH_EXCLUDED_DATA_KEYS))
     return sha256_json(
         {
-            "stage": cfg.model_dump(mode="json"),
+            "stage": cfg.model_dump(mode="json", exclude={"data"}),  # data: the effective block
             "data": data,
             "seed": pipeline.seed,
             "deterministic": pipeline.deterministic,
@@ -199,6 +208,11 @@ def _resolve_inputs(
                 raise CompressError(f"stage '{name}' needs '{producer}', which has not finished")
             continue
         inputs[kind] = StageInput(producer, kind, entry, manifest.run_dir)
+    for key, (kind, source) in STAGES.get(cfg.type).extra_inputs(cfg).items():
+        entry = manifest.stages.get(source, {})
+        if entry.get("status") != "done":
+            raise CompressError(f"stage '{name}' needs '{source}', which has not finished")
+        inputs[key] = StageInput(source, kind, entry, manifest.run_dir)
     return inputs
 
 

@@ -35,6 +35,22 @@ def cli():
     return run_cli
 
 
+def run_pipeline_dict(pipeline: dict, tmp_path: Path) -> tuple[str, dict]:
+    """Write ``pipeline`` as YAML, ``compress run`` it into tmp_path/run; asserts it succeeded.
+
+    Returns the command's output and the manifest's stages."""
+    import json
+
+    import yaml
+
+    path = tmp_path / f"{pipeline['name']}.yaml"
+    path.write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    result = run_cli("run", str(path), "--run-dir", str(tmp_path / "run"))
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    return out, json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]
+
+
 def fashion_available() -> bool:
     from compress.data.datasets import _fashion_folder
 

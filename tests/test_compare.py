@@ -11,7 +11,7 @@ from compress.compare.report import methods_table, sweep_table, write_compare_re
 from compress.config.load import parse_pipeline
 from compress.errors import ConfigError
 from compress.manifest import Manifest
-from tests.conftest import tiny_pipeline
+from tests.conftest import run_pipeline_dict, tiny_pipeline
 
 
 def grid_pipeline(**grid):
@@ -85,10 +85,111 @@ def test_sweeps_include_the_matching_method_cell(tmp_path: Path):
 def test_report_files(tmp_path: Path, monkeypatch):
     import compress.compare.report as report
 
-    monkeypatch.setattr(report, "teacher_entropy", lambda m, ts: {t: 1.0 / t for t in ts})
+    monkeypatch.setattr(report, "teacher_entropy", lambda m, ts, d=None: {t: 1.0 / t for t in ts})
     written = {p.name for p in write_compare_report(fake_manifest(tmp_path))}
     assert {"methods.md", "methods.csv", "temperature.md", "alpha.csv", "methods.png",
             "temperature.png", "alpha.png"} <= written  # fmt: skip
     with open(tmp_path / "compare" / "methods.csv") as f:
         assert [row["method"] for row in csv.DictReader(f)] == ["teacher", "kd", "baseline"]
     assert (tmp_path / "compare" / "methods.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def two_dataset_grid() -> dict:
+    raw = grid_pipeline()
+    raw["grid"]["datasets"] = [
+        "fashion-mnist",
+        {"label": "fmnist-small", "dataset": "fashion-mnist", "train_subset": 64},
+    ]
+    raw["distill"]["teachers"] = ["teacher"]
+    return raw
+
+
+def test_grid_datasets_copy_every_stage_per_dataset_with_its_data_block():
+    pipeline = parse_pipeline(two_dataset_grid())
+    stages = dict(pipeline.stage_items())
+    assert list(stages) == [
+        f"{d}.{n}"
+        for d in ("fashion-mnist", "fmnist-small")
+        for n in ("teacher", "distill-baseline-s0", "distill-baseline-s1", "distill-kd-s0",
+                  "distill-kd-s1")
+    ]  # fmt: skip
+    small = stages["fmnist-small.distill-kd-s1"]
+    assert small.data.train_subset == 64 and small.data.image_size == 16  # entry + pipeline's
+    assert stages["fashion-mnist.teacher"].data.train_subset == 256
+    assert small.teachers == ["fmnist-small.teacher"] and small.input == "fmnist-small.teacher"
+
+
+def test_grid_dataset_labels_must_be_distinct():
+    raw = grid_pipeline()
+    raw["grid"]["datasets"] = ["fashion-mnist", {"dataset": "fashion-mnist", "train_subset": 9}]
+    with pytest.raises(ConfigError, match="two entries are labelled 'fashion-mnist'"):
+        parse_pipeline(raw)
+
+
+def test_report_writes_one_table_per_dataset(tmp_path: Path, monkeypatch):
+    import compress.compare.report as report
+
+    monkeypatch.setattr(report, "teacher_entropy", lambda m, ts, d=None: {t: 1.0 for t in ts})
+    config = parse_pipeline(two_dataset_grid()).model_dump(mode="json")
+    accuracies = {"fashion-mnist": {"baseline": 0.80, "kd": 0.85},
+                  "fmnist-small": {"baseline": 0.70, "kd": 0.60}}  # fmt: skip
+    stages = {}
+    for dataset, by_method in accuracies.items():
+        stages[f"{dataset}.teacher"] = {"type": "teacher", "status": "done",
+                                        "metrics": {"top1": 0.9, "params": 1}}  # fmt: skip
+        for method, top1 in by_method.items():
+            for seed in (0, 1):
+                stages[f"{dataset}.distill-{method}-s{seed}"] = {
+                    "type": "distill", "status": "done",
+                    "metrics": {"top1": top1 + seed / 100, "params": 2}}  # fmt: skip
+    manifest = Manifest(tmp_path, {"pipeline": {"config": config}, "stages": stages})
+    assert [r["method"] for r in methods_table(manifest, "fmnist-small")] == [
+        "teacher", "baseline", "kd"]  # fmt: skip
+    write_compare_report(manifest)
+    for dataset, by_method in accuracies.items():
+        with open(tmp_path / "compare" / dataset / "methods.csv") as f:
+            rows = {row["method"]: float(row["top1_mean"]) for row in csv.DictReader(f)}
+        expected = {"teacher": 90.0, **{m: 100 * a + 0.5 for m, a in by_method.items()}}
+        assert rows == pytest.approx(expected)
+        assert f"on {dataset}" in (tmp_path / "compare" / dataset / "methods.md").read_text()
+
+
+def write_imagefolder(root: Path) -> Path:
+    """Three classes of 16x16 PNGs (dark, mid, bright) in train/ and test/."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 16), ("test", 6)):
+        for level, name in ((40, "dark"), (128, "mid"), (215, "bright")):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(n):
+                pixels = np.clip(rng.normal(level, 20, (16, 16, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
+
+
+def test_a_grid_over_two_datasets_through_compress_run(fake_fashion, tmp_path: Path):
+    """Fashion-MNIST-format data (random images) and a tiny 3-class image folder: each gets its
+    own teacher, its own cells and its own tables."""
+    shapes = write_imagefolder(tmp_path / "shapes")
+    pipeline = {
+        "name": "two_datasets",
+        "data": {"dataset": "fashion-mnist", "root": str(fake_fashion), "download": False,
+                 "image_size": 16, "channels": 1, "batch_size": 16},
+        "teacher": {"model": {"arch": "mobilenet_v2", "width_mult": 0.25}, "epochs": 1,
+                    "augment": "none"},
+        "distill": {"student": {"arch": "mobilenet_v2", "width_mult": 0.25}, "epochs": 1,
+                    "augment": "none", "method": "kd"},
+        "grid": {"seeds": [0], "methods": ["baseline", "kd"],
+                 "datasets": ["fashion-mnist",
+                              {"label": "shapes", "dataset": "imagefolder", "root": str(shapes)}]},
+    }  # fmt: skip
+    _, stages = run_pipeline_dict(pipeline, tmp_path)
+    assert stages["shapes.distill-kd-s0"]["inputs"]["teacher"]["stage"] == "shapes.teacher"
+    assert stages["shapes.teacher"]["metrics"]["test_images"] == 18  # 3 classes x 6
+    assert stages["fashion-mnist.teacher"]["metrics"]["test_images"] == 20
+    for dataset in ("fashion-mnist", "shapes"):
+        with open(tmp_path / "run" / "compare" / dataset / "methods.csv") as f:
+            assert {row["method"] for row in csv.DictReader(f)} == {"teacher", "baseline", "kd"}

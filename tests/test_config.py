@@ -197,3 +197,36 @@ def test_validate_cli_rejects_a_stage_named_like_a_path(tmp_path: Path, cli):
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stdout.strip().startswith("error: pipeline: stage name '../x'")
     assert not (tmp_path.parent / "x").exists()
+
+
+def two_teacher_pipeline() -> dict:
+    raw = tiny_pipeline()
+    raw = {"name": raw["name"], "data": raw["data"], "teacher": raw["teacher"],
+           "teacher_b": {**raw["teacher"], "type": "teacher"}, **{k: raw[k] for k in
+           ("distill", "export", "bench")}}  # fmt: skip
+    raw["distill"]["teachers"] = ["teacher", "teacher_b"]
+    return raw
+
+
+def test_several_teachers_become_the_input_and_extra_inputs():
+    from compress.stages import STAGES
+
+    distill = dict(parse_pipeline(two_teacher_pipeline()).stage_items())["distill"]
+    assert distill.input == "teacher"
+    assert STAGES.get("distill").extra_inputs(distill) == {"teacher.2": ("teacher", "teacher_b")}
+    parse_pipeline(yaml.safe_load(parse_pipeline(two_teacher_pipeline()).to_yaml()))  # round trip
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"method": "fitnets"}, "several teachers are averaged by method kd only; fitnets"),
+        ({"teachers": ["teacher", "teacher"]}, "teachers: a stage is listed twice"),
+        ({"input": "teacher_b"}, "set input or teachers, not both"),
+        ({"teachers": ["teacher", "nope"]}, "needs the teacher output of 'nope', which is not"),
+    ],
+)
+def test_several_teachers_mistakes_are_one_line(change, expected):
+    raw = two_teacher_pipeline()
+    raw["distill"].update(change)
+    assert expected in error_of(raw)

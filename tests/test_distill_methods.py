@@ -141,7 +141,7 @@ def test_mutual_learning_matches_hand_computation_and_detaches_peers():
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 3)
     spec = METHODS.get("mutual")
-    loss_fn = spec.build(spec.params(peers=1, temperature=2.0), None, model)
+    loss_fn = spec.build(spec.params(peers=1, temperature=2.0, warmup=0.0), None, model)
     x, y = torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
     from compress.distill.base import Features
 
@@ -161,3 +161,99 @@ def test_mutual_learning_matches_hand_computation_and_detaches_peers():
     expected_grad = (softmax(z1.detach().numpy(), 1.0) - onehot + t * (p1 - p2)) / 6
     assert np.allclose(z1.grad.numpy(), expected_grad, atol=1e-6)
     assert not torch.equal(loss_fn.peers[0].weight, model.weight)  # a fresh initialisation
+
+
+@pytest.mark.parametrize(("warmup", "total", "expected"), [
+    (0.5, 10, [0.2, 0.4, 0.6, 0.8, 1.0, 1.0]),  # ramp over round(0.5 * 10) = 5 steps
+    (1.0, 4, [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]),
+    (0.0, 10, [1.0] * 6),  # the paper's constant weight
+])  # fmt: skip
+def test_mutual_mimicry_ramps_in_over_the_planned_steps(warmup, total, expected):
+    """Regression for the 24% grid result: the KL terms between students trained from scratch
+    are ramped in over ``warmup`` of the planned steps; CE is never scaled."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    spec = METHODS.get("mutual")
+    loss_fn = spec.build(spec.params(peers=1, temperature=1.0, warmup=warmup), None, model)
+    loss_fn.plan(total)
+    x, y = torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    ce = lambda z: -np.mean(np.log(softmax(z, 1.0)[np.arange(6), y.numpy()]))  # noqa: E731
+    for w in expected:
+        z1, z2 = model(x).detach(), loss_fn.peers[0](x).detach()
+        loss = loss_fn(z1, None, y, Features(inputs=x))
+        p1, p2 = softmax(z1.numpy(), 1.0), softmax(z2.numpy(), 1.0)
+        kl = np.mean(np.sum(p2 * np.log(p2 / p1), 1)) + np.mean(np.sum(p1 * np.log(p1 / p2), 1))
+        assert loss.item() == pytest.approx(ce(z1.numpy()) + ce(z2.numpy()) + w * kl, rel=1e-5)
+
+
+def test_plan_reaches_the_parts_of_a_mix():
+    spec = METHODS.get("mix")
+    params = spec.params(parts=[{"name": "kd", "alpha": 0.0}, {"name": "mutual"}])
+    loss_fn = spec.build(params, FeatureShapes(), torch.nn.Linear(4, 3))
+    loss_fn.plan(123)
+    assert [part.total_steps for part in loss_fn.parts] == [123, 123]
+
+
+@pytest.mark.parametrize(
+    ("schedule", "expected"),
+    [
+        ("constant", [4.0, 4.0, 4.0, 4.0, 4.0]),
+        ("linear", [4.0, 3.25, 2.5, 1.75, 1.0]),  # 4 -> 1 over 5 steps
+        ("cosine", [4.0, 1.0 + 3.0 * (1 + np.cos(np.pi / 4)) / 2, 2.5,
+                    1.0 + 3.0 * (1 + np.cos(3 * np.pi / 4)) / 2, 1.0]),
+    ],
+)  # fmt: skip
+def test_kd_temperature_schedule_values_and_t_squared_at_each_step(schedule, expected):
+    """Each training step's loss is hand KD at that step's T (softmax and T^2 both)."""
+    gen = torch.Generator().manual_seed(3)
+    spec = METHODS.get("kd")
+    final = None if schedule == "constant" else 1.0
+    params = spec.params(temperature=4.0, alpha=0.3, temperature_schedule=schedule,
+                         final_temperature=final)  # fmt: skip
+    loss_fn = spec.build(params)
+    loss_fn.plan(5)
+    for step, t in enumerate(expected):
+        assert params.temperature_at(step, 5) == pytest.approx(t)
+        student, teacher = torch.randn(6, 10, generator=gen) * 3, torch.randn(6, 10, generator=gen)
+        labels = torch.randint(0, 10, (6,), generator=gen)
+        loss = loss_fn(student, teacher, labels)
+        want = hand_kd(student.numpy(), teacher.numpy(), labels.numpy(), t, 0.3)
+        assert loss.item() == pytest.approx(want, rel=1e-5)
+    assert params.temperature_at(99, 5) == pytest.approx(expected[-1])  # stays at the end value
+
+
+def test_kd_schedule_without_final_temperature_is_a_clear_error():
+    with pytest.raises(ValueError, match="temperature_schedule linear needs final_temperature"):
+        METHODS.get("kd").params(temperature_schedule="linear")
+
+
+def test_kd_with_two_identical_teachers_equals_one_teacher():
+    gen = torch.Generator().manual_seed(4)
+    student, teacher = torch.randn(5, 7, generator=gen), torch.randn(5, 7, generator=gen) * 2
+    labels = torch.randint(0, 7, (5,), generator=gen)
+    loss_fn = METHODS.get("kd").build(METHODS.get("kd").params(temperature=3.0, alpha=0.2))
+    one = loss_fn(student, teacher, labels)
+    two = loss_fn(student, torch.stack([teacher, teacher.clone()]), labels)
+    assert two.item() == pytest.approx(one.item(), rel=1e-6)
+
+
+def test_kd_with_two_teachers_uses_their_average_probability_at_t():
+    gen = torch.Generator().manual_seed(5)
+    student = torch.randn(5, 7, generator=gen)
+    t1, t2 = torch.randn(5, 7, generator=gen) * 3, torch.randn(5, 7, generator=gen) * 3
+    labels = torch.randint(0, 7, (5,), generator=gen)
+    t, alpha = 4.0, 0.25
+    loss = METHODS.get("kd").build(METHODS.get("kd").params(temperature=t, alpha=alpha))(
+        student, torch.stack([t1, t2]), labels
+    )
+    s = student.double().numpy()
+    p_t = (softmax(t1.double().numpy(), t) + softmax(t2.double().numpy(), t)) / 2
+    p_s = softmax(s, t)
+    kl = np.mean(np.sum(p_t * (np.log(p_t) - np.log(p_s)), axis=1))
+    ce = -np.mean(np.log(softmax(s, 1.0)[np.arange(5), labels.numpy()]))
+    assert loss.item() == pytest.approx(alpha * ce + (1 - alpha) * t * t * kl, rel=1e-5)
+    # averaging probabilities is not averaging logits
+    averaged_logits = METHODS.get("kd").build(METHODS.get("kd").params(temperature=t, alpha=alpha))(
+        student, (t1 + t2) / 2, labels
+    )
+    assert not math.isclose(loss.item(), averaged_logits.item(), rel_tol=1e-3)

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from compress.distill import METHODS, load_methods
-from tests.conftest import requires_fashion
+from tests.conftest import requires_fashion, run_pipeline_dict
 
 load_methods()
 TINY_METHODS = {"attention": {"pairs": [{"student": "features.6", "teacher": "layer2"}]}}
@@ -67,3 +67,29 @@ def test_bad_layer_name_is_one_clear_line(cli, tmp_path: Path):
     out = result.stdout + result.stderr
     assert result.returncode == 2 and "Traceback" not in out
     assert "the student has no layer 'features.99'" in out and "did you mean" in out
+
+
+@pytest.mark.e2e
+@requires_fashion
+def test_two_teachers_distil_one_student_through_the_cli(tmp_path: Path):
+    """kd from two teachers: both are inputs of the stage (and of its fingerprint); the cached
+    logits are computed per teacher."""
+    teacher = {"model": {"arch": "mobilenet_v2", "width_mult": 0.25},
+               "epochs": 1, "lr": 0.05, "augment": "none"}  # fmt: skip
+    pipeline = {
+        "name": "two_teachers",
+        "data": {"dataset": "fashion-mnist", "train_subset": 256, "test_subset": 128,
+                 "image_size": 16, "batch_size": 32},
+        "teacher_a": {"type": "teacher", **teacher},
+        "teacher_b": {"type": "teacher", **teacher, "lr": 0.02},
+        "distill": {"student": {"arch": "mobilenet_v2", "width_mult": 0.25}, "epochs": 1,
+                    "augment": "none", "teachers": ["teacher_a", "teacher_b"],
+                    "method": {"name": "kd", "temperature_schedule": "linear",
+                               "final_temperature": 1.0}},
+    }  # fmt: skip
+    _, stages = run_pipeline_dict(pipeline, tmp_path)
+    distill = stages["distill"]
+    assert distill["inputs"]["teacher"]["stage"] == "teacher_a"
+    assert distill["inputs"]["teacher.2"]["stage"] == "teacher_b"
+    assert len(distill["metrics"]["teachers_top1"]) == 2
+    assert len(list((tmp_path / "run" / "cache").glob("teacher_logits-*.pt"))) == 2

@@ -96,3 +96,32 @@ def test_fp16_on_cpu_is_refused_before_any_stage_runs(tmp_path: Path):
     raw["teacher"]["precision"] = "fp16"
     with pytest.raises(CompressError, match=r"teacher.precision: fp16 trains on a GPU only"):
         configure_torch(parse_pipeline(raw))
+
+
+def test_clip_grad_norm_bounds_the_student_and_the_companion_separately(
+    fake_fashion: Path, tmp_path: Path
+):
+    """One plain SGD step (no momentum, no decay) moves each group by at most lr * clip."""
+    data, model = tiny_setup(fake_fashion)
+    companion = torch.nn.Linear(10, 10)
+    before = [p.detach().clone() for p in model.parameters()]
+    before_companion = [p.detach().clone() for p in companion.parameters()]
+
+    def step_loss(net, loss_net, x, y, rows):
+        logits = net(x)
+        return logits, 100.0 * (F.cross_entropy(logits, y) + loss_net(logits).square().mean())
+
+    lr, clip = 0.5, 0.01
+    cfg = TrainConfig(epochs=1, lr=lr, momentum=0.0, weight_decay=0.0, schedule="constant",
+                      clip_grad_norm=clip, augment="none")  # fmt: skip
+    data.train = data.train.head(8)  # one step
+    fit(model, step_loss, data, cfg, device=torch.device("cpu"), checkpoint=tmp_path / "c.pt",
+        fingerprint="fp", label="t", augment="none", companion=companion)  # fmt: skip
+
+    def moved(old, new) -> float:
+        return torch.sqrt(
+            sum(((a - b.detach()) ** 2).sum() for a, b in zip(old, new, strict=True))
+        ).item()
+
+    assert moved(before, model.parameters()) == pytest.approx(lr * clip, rel=1e-3)
+    assert moved(before_companion, companion.parameters()) == pytest.approx(lr * clip, rel=1e-3)

@@ -9,6 +9,14 @@
 
 Cells are ordinary stages named ``<template>-<label>-s<seed>`` (``-T4-``, ``-a0.5-`` for the
 sweeps), so the runner's skip and resume work per cell, and the one teacher stage is shared.
+
+``datasets`` repeats the whole pipeline per dataset: every stage is copied once per entry
+(``<dataset>.teacher``, ``<dataset>.distill-kd-s0``, ...) with its own ``data`` block, the
+pipeline's data block updated with the entry's keys, and ``input``/``teachers`` pointing to
+the same dataset's copies. An entry is a dataset name or a data block with an optional
+``label`` (default: the dataset name; needed when two entries share a dataset)::
+
+    datasets: [fashion-mnist, {label: fmnist-2k, dataset: fashion-mnist, train_subset: 2000}]
 """
 
 from __future__ import annotations
@@ -40,6 +48,10 @@ class GridConfig(StrictModel):
         default_factory=list, description="sweep sweep_method's alpha over these values"
     )
     sweep_method: str = Field("kd", description="the method the T and alpha sweeps use")
+    datasets: list[str | dict[str, Any]] = Field(
+        default_factory=list,
+        description="repeat every stage per dataset: names or data blocks with a label",
+    )
 
 
 def expand_grid(split: dict[str, Any]) -> dict[str, Any]:
@@ -65,7 +77,38 @@ def expand_grid(split: dict[str, Any]) -> dict[str, Any]:
         for label, method in cells(grid, template):
             for seed in grid.seeds:
                 expanded[f"{name}-{label}-s{seed}"] = {**template, "method": method, "seed": seed}
-    return {**split, "stages": expanded}
+    if not grid.datasets:
+        return {**split, "stages": expanded}
+    per_dataset: dict[str, Any] = {}
+    for label, data in dataset_blocks(grid, split.get("data") or {}):
+        renamed = {name: f"{label}.{name}" for name in expanded}
+        for name, stage in expanded.items():
+            if not isinstance(stage, dict):  # left for validation to name
+                per_dataset[renamed[name]] = stage
+                continue
+            copy = {**stage, "data": data}
+            if isinstance(stage.get("input"), str):
+                copy["input"] = renamed.get(stage["input"], stage["input"])
+            if isinstance(stage.get("teachers"), list):
+                copy["teachers"] = [renamed.get(t, t) for t in stage["teachers"]]
+            per_dataset[renamed[name]] = copy
+    return {**split, "stages": per_dataset}
+
+
+def dataset_blocks(grid: GridConfig, data: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(label, data block) per ``grid.datasets`` entry: the pipeline's block plus the entry."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    for entry in grid.datasets:
+        entry = {"dataset": entry} if isinstance(entry, str) else dict(entry)
+        label = str(entry.pop("label", entry.get("dataset", data.get("dataset", "fashion-mnist"))))
+        if label in dict(out):
+            raise ConfigError(
+                f"grid.datasets: two entries are labelled '{label}'; give each a distinct label"
+            )
+        if not label or not all(c.isalnum() or c in "-_" for c in label):
+            raise ConfigError(f"grid.datasets: label '{label}' may hold letters, digits, - and _")
+        out.append((label, {**data, **entry}))
+    return out
 
 
 def cells(grid: GridConfig, template: dict[str, Any]) -> list[tuple[str, Any]]:

@@ -1,7 +1,8 @@
 """Tables and plots of a comparison grid: which method, and how much it buys over the baseline.
 
 Top-1 is the held-out test split's, of the checkpoint each cell kept without looking at it
-(``select: last`` or ``best_val``). Mean and sample standard deviation are over seeds.
+(``select: last`` or ``best_val``). Mean and sample standard deviation are over seeds. A grid
+with ``datasets`` gets every table and plot once per dataset, in ``compare/<dataset>/``.
 """
 
 from __future__ import annotations
@@ -20,11 +21,14 @@ from compress.io import atomic_path, write_text
 from compress.manifest import Manifest
 
 
-def cell_results(manifest: Manifest) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
-    """The grid config and, per cell label, one record per seed (top1, params, method)."""
+def cell_results(
+    manifest: Manifest, dataset: str | None = None
+) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    """The grid config and, per cell label, one record per seed (top1, params, method); with
+    ``dataset``, the cells of that ``grid.datasets`` label only."""
     config = manifest.data["pipeline"]["config"]
     grid = config["grid"]
-    prefix = grid["template"] + "-"
+    prefix = _scope(dataset) + grid["template"] + "-"
     cells: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for name, entry in manifest.stages.items():
         if not name.startswith(prefix) or entry.get("status") != "done":
@@ -43,9 +47,27 @@ def _summary(records: list[dict[str, Any]]) -> tuple[float, float, int]:
     return statistics.fmean(values), std, len(values)
 
 
-def methods_table(manifest: Manifest) -> list[dict[str, Any]]:
+def dataset_labels(manifest: Manifest) -> list[str | None]:
+    """The grid's dataset labels in order, or [None] for a grid on the pipeline's one dataset."""
+    from compress.compare.grid import GridConfig, dataset_blocks
+
+    config = manifest.data["pipeline"]["config"]
+    grid = GridConfig.model_validate(config["grid"])
+    return [label for label, _ in dataset_blocks(grid, config["data"])] or [None]
+
+
+def _scope(dataset: str | None) -> str:
+    return f"{dataset}." if dataset else ""
+
+
+def _teacher_stage(manifest: Manifest, dataset: str | None) -> tuple[str, dict[str, Any]] | None:
+    return next(((n, e) for n, e in manifest.stages.items()
+                 if e["type"] == "teacher" and n.startswith(_scope(dataset))), None)  # fmt: skip
+
+
+def methods_table(manifest: Manifest, dataset: str | None = None) -> list[dict[str, Any]]:
     """Ranked rows: method, mean, std, seeds, gain vs baseline (points), params."""
-    _, cells = cell_results(manifest)
+    _, cells = cell_results(manifest, dataset)
     method_labels = [label for label in cells if not _is_sweep(label)]
     baseline = _summary(cells["baseline"])[0] if "baseline" in cells else None
     rows = []
@@ -55,7 +77,7 @@ def methods_table(manifest: Manifest) -> list[dict[str, Any]]:
         rows.append({"method": label, "top1_mean": mean, "top1_std": std, "seeds": n,
                      "gain_vs_baseline": gain, "params": cells[label][0]["params"]})  # fmt: skip
     rows.sort(key=lambda r: -r["top1_mean"])
-    teacher = next((e for e in manifest.stages.values() if e["type"] == "teacher"), None)
+    _, teacher = _teacher_stage(manifest, dataset) or (None, None)
     if teacher and teacher.get("status") == "done":
         top1 = 100 * teacher["metrics"]["top1"]
         gain = None if baseline is None else top1 - baseline
@@ -65,10 +87,10 @@ def methods_table(manifest: Manifest) -> list[dict[str, Any]]:
     return rows
 
 
-def sweep_table(manifest: Manifest, key: str) -> list[dict[str, Any]]:
+def sweep_table(manifest: Manifest, key: str, dataset: str | None = None) -> list[dict[str, Any]]:
     """Accuracy per value of ``key`` (temperature or alpha) over the sweep_method cells whose
     other settings equal the sweep's (so a kd cell at the base T counts in the alpha sweep)."""
-    _, cells = cell_results(manifest)
+    _, cells = cell_results(manifest, dataset)
     prefix = {"temperature": "T", "alpha": "a"}[key]
     sweep = [records for label, records in cells.items() if _is_sweep(label) and label[0] == prefix]
     if not sweep:
@@ -98,17 +120,20 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def teacher_entropy(manifest: Manifest, temperatures: list[float]) -> dict[float, float]:
+def teacher_entropy(
+    manifest: Manifest, temperatures: list[float], dataset: str | None = None
+) -> dict[float, float]:
     """Mean entropy (nats) of the teacher's softened test-set predictions at each temperature."""
     from compress.config.base import DataConfig
     from compress.data.module import get_data
     from compress.models import load_model
     from compress.train.evaluate import predict
 
-    teacher = next(e for e in manifest.stages.values() if e["type"] == "teacher")
+    name, teacher = _teacher_stage(manifest, dataset)  # type: ignore[misc]
     model, _, _ = load_model(manifest.run_dir / teacher["artifacts"]["model"]["path"])
     config = manifest.data["pipeline"]["config"]
-    data = get_data(DataConfig.model_validate(config["data"]), config["seed"])
+    data_block = config["stages"].get(name, {}).get("data") or config["data"]
+    data = get_data(DataConfig.model_validate(data_block), config["seed"])
     logits = predict(model, data, data.test, torch.device("cpu"))
     out = {}
     for t in temperatures:
@@ -151,20 +176,29 @@ def _csv(rows: list[dict[str, Any]]) -> str:
 
 
 def write_compare_report(manifest: Manifest) -> list[Path]:
-    """methods/temperature/alpha tables (Markdown + CSV) and PNG plots under RUN/compare/."""
-    out_dir = manifest.run_dir / "compare"
-    grid, _ = cell_results(manifest)
-    methods = methods_table(manifest)
-    temperature = sweep_table(manifest, "temperature") if grid["temperatures"] else []
+    """methods/temperature/alpha tables (Markdown + CSV) and PNG plots under RUN/compare/, or
+    under RUN/compare/<dataset>/ for each of ``grid.datasets``."""
+    written = []
+    for dataset in dataset_labels(manifest):
+        written += _write_dataset_report(manifest, dataset)
+    return written
+
+
+def _write_dataset_report(manifest: Manifest, dataset: str | None) -> list[Path]:
+    out_dir = manifest.run_dir / "compare" / (dataset or "")
+    grid, _ = cell_results(manifest, dataset)
+    methods = methods_table(manifest, dataset)
+    temperature = sweep_table(manifest, "temperature", dataset) if grid["temperatures"] else []
     if temperature:
-        entropy = teacher_entropy(manifest, [r["temperature"] for r in temperature])
+        entropy = teacher_entropy(manifest, [r["temperature"] for r in temperature], dataset)
         for row in temperature:
             row["teacher_entropy_nats"] = entropy[row["temperature"]]
-    alpha = sweep_table(manifest, "alpha") if grid["alphas"] else []
+    alpha = sweep_table(manifest, "alpha", dataset) if grid["alphas"] else []
     written = []
-    for stem, rows, title in (("methods", methods, "Methods (test top-1 over seeds)"),
-                              ("temperature", temperature, "KD temperature"),
-                              ("alpha", alpha, "KD alpha")):  # fmt: skip
+    on = f" on {dataset}" if dataset else ""
+    for stem, rows, title in (("methods", methods, f"Methods{on} (test top-1 over seeds)"),
+                              ("temperature", temperature, f"KD temperature{on}"),
+                              ("alpha", alpha, f"KD alpha{on}")):  # fmt: skip
         if not rows:
             continue
         for suffix, text in ((".md", _markdown(rows, title)), (".csv", _csv(rows))):

@@ -56,11 +56,26 @@ class DataConfig(StrictModel):
         description="image files that do not decode are skipped and counted (default: an error "
         "naming the file)",
     )
+    unlabeled: Path | None = Field(
+        None,
+        description="folder of extra unlabeled images (searched recursively): distilling "
+        "stages add them to each step with the teacher's soft targets only",
+    )
+    unlabeled_batch_size: int | None = Field(
+        None, ge=1, description="unlabeled images per step; default: the stage's batch size"
+    )
 
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, value: str) -> str:
         return _check_registered("dataset", value)
+
+    @field_validator("unlabeled")
+    @classmethod
+    def _unlabeled_folder(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            raise ValueError(f"no such folder: {value}")
+        return value
 
     @model_validator(mode="after")
     def _norm_lengths(self) -> DataConfig:
@@ -139,6 +154,12 @@ class TrainConfig(StrictModel):
     )
     channels_last: bool = Field(
         True, description="NHWC memory format for model and batches (faster convolutions)"
+    )
+    clip_grad_norm: float | None = Field(
+        None,
+        gt=0.0,
+        description="clip the model's gradient norm (and, separately, the loss module's: "
+        "peers, heads) to this; default: no clipping",
     )
 
     @model_validator(mode="after")

@@ -107,6 +107,12 @@ class PipelineSettings(StrictModel):
                 if producer is None and required:
                     explicit = cfg.input if i == 0 else None
                     raise ValueError(_no_producer_message(name, kind, explicit, earlier))
+            for kind, source in STAGES.get(cfg.type).extra_inputs(cfg).values():
+                if find_producer(earlier, kind, source) is None:
+                    raise ValueError(
+                        f"stage '{name}' needs the {kind} output of '{source}', which is not an "
+                        f"earlier stage that produces one"
+                    )
         return self
 
     @model_validator(mode="after")

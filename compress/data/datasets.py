@@ -238,7 +238,7 @@ for _name, _tv, _folder, _mean, _std in (
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm"}
 
 
-def _images_under(folder: Path) -> list[Path]:
+def images_under(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
@@ -249,7 +249,7 @@ def _class_tree(folder: Path, classes: list[str] | None = None) -> ImageSource:
         class_dir = folder / name
         if not class_dir.is_dir():
             continue
-        found = _images_under(class_dir)
+        found = images_under(class_dir)
         files.extend(found)
         labels.extend([label] * len(found))
     if not files:

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from compress.config.base import DataConfig
-from compress.data.datasets import DATASETS, ImageSource
+from compress.data.datasets import DATASETS, IMAGE_SUFFIXES, ImageSource, images_under
 from compress.errors import DataError
 
 MEMORY_CACHE_LIMIT = 4 << 30  # bytes of uint8 pixels kept in RAM under cache: auto
+UNLABELED = -1  # the label of data.unlabeled images; hard-label losses ignore it
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,7 @@ class DataModule:
             shown = "; ".join(self.skipped[:3]) + (" ..." if len(self.skipped) > 3 else "")
             console.print(f"  [yellow]skipped {len(self.skipped)} corrupt image file(s)[/] "
                           f"(data.skip_corrupt): {shown}")  # fmt: skip
+        self.unlabeled = self._unlabeled(cfg.unlabeled) if cfg.unlabeled else None
 
     @property
     def num_classes(self) -> int:
@@ -172,6 +175,18 @@ class DataModule:
             )
         self.skipped.append(problem)
 
+    def _unlabeled(self, folder: Path) -> Split:
+        """Every image file under ``folder`` (recursively), labelled UNLABELED."""
+        if not folder.is_dir():
+            raise DataError(f"data.unlabeled: {folder} is not a folder")
+        files = images_under(folder)
+        if not files:
+            kinds = ", ".join(sorted(IMAGE_SUFFIXES))
+            raise DataError(f"data.unlabeled: no image files under {folder} (looked for {kinds})")
+        labels = torch.full((len(files),), UNLABELED, dtype=torch.int64)
+        source = ImageSource(labels=labels, classes=self.classes, files=files)
+        return self._split(source, torch.arange(len(files)))
+
     def _stream(self, n: int) -> bool:
         if self.cfg.cache == "auto":
             p = self.preprocess
@@ -208,6 +223,7 @@ class DataModule:
         seed: int | None = None,
         rank: int = 0,
         world: int = 1,
+        unlabeled: int = 0,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Shuffled (x, y, row) batches for one epoch; the last partial batch is dropped.
 
@@ -216,19 +232,36 @@ class DataModule:
         shuffled order (G = batch_size x world) and process ``rank`` takes its ``batch_size``
         slice of it, augmented with its slice of the global batch's random draws: together the
         processes see exactly the batches one process would see with batch size G.
+        ``unlabeled`` > 0 appends that many images of ``data.unlabeled`` to every batch, with
+        label UNLABELED and rows numbered after the training split's (len(train) + i); they are
+        drawn in a shuffled order that wraps around, so an epoch is still one pass over train
+        (each process takes its own ``unlabeled`` of them).
         """
         n = len(self.train)
         seed = self.seed if seed is None else seed
         order = torch.randperm(n, generator=_gen(seed, 1000 + epoch))
         size = batch_size * world
         mine = slice(rank * batch_size, (rank + 1) * batch_size)
+        extra = self.unlabeled if unlabeled else None
+        if extra is not None:
+            extra_order = torch.randperm(len(extra), generator=_gen(seed, 2000 + epoch))
         for b in range(skip, self.steps_per_epoch(batch_size, world)):
             rows = order[b * size : (b + 1) * size][mine]
             x = self.normalize(self._images(self.train, rows))
+            y = self.train.labels[rows]
             if augment != "none":
                 gen = _gen(seed, 10**6 + epoch * 10**5 + b)
                 x = augment_batch(x, augment, gen, offset=rank * batch_size, total=size)
-            yield x, self.train.labels[rows], rows
+            if extra is not None:  # this process's slice of the step's unlabeled images
+                first = (b * world + rank) * unlabeled
+                picked = extra_order[torch.arange(first, first + unlabeled) % len(extra)]
+                u = self.normalize(self._images(extra, picked))
+                if augment != "none":
+                    gen = _gen(seed, 3 * 10**6 + epoch * 10**5 + b)
+                    u = augment_batch(u, augment, gen, rank * unlabeled, unlabeled * world)
+                x, y = torch.cat([x, u]), torch.cat([y, extra.labels[picked]])
+                rows = torch.cat([rows, n + picked])
+            yield x, y, rows
 
     def steps_per_epoch(self, batch_size: int, world: int = 1) -> int:
         if world > 1 and len(self.train) < batch_size * world:

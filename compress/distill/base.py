@@ -14,10 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
 from compress.config.base import StrictModel
+from compress.data.module import UNLABELED
 from compress.registry import Registry
 
 
@@ -74,7 +76,21 @@ class FeatureShapes:
 
 
 class DistillLoss(nn.Module):
-    """``forward(student_logits, teacher_logits, labels, features) -> scalar``."""
+    """``forward(student_logits, teacher_logits, labels, features) -> scalar``.
+
+    ``total_steps`` is the number of optimiser steps the trainer plans (set through ``plan``
+    before training; 0 when unknown): losses with a schedule (KD temperature annealing, mutual
+    learning's ramp) read it together with a ``steps`` buffer they count themselves, so a
+    resumed run continues the schedule where it stopped.
+    """
+
+    total_steps: int = 0
+
+    def plan(self, total_steps: int) -> None:
+        """Tell this loss and every loss inside it (the parts of a mix) the training length."""
+        for module in self.modules():
+            if isinstance(module, DistillLoss):
+                module.total_steps = total_steps
 
     def forward(
         self,
@@ -96,6 +112,21 @@ class MethodSpec:
 
 
 METHODS: Registry[MethodSpec] = Registry("distillation method")
+
+
+def hard_label_ce(
+    logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0
+) -> torch.Tensor:
+    """Cross-entropy on the labelled rows of a batch, averaged over them (0 when there are none);
+    rows of ``data.unlabeled`` images (label UNLABELED) only get a method's distillation terms."""
+    if not bool((labels != UNLABELED).any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits, labels, label_smoothing=label_smoothing, ignore_index=UNLABELED)
+
+
+def schedule_progress(step: int, total_steps: int) -> float:
+    """Fraction of training done at a 0-based step: 0 at the first step, 1 at the last."""
+    return min(1.0, step / max(1, total_steps - 1))
 
 
 def pooled(feature: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ from compress.distill.config import DistillSettings
 from compress.distill.features import probe_shapes, tapped
 from compress.io import load_torch, save_torch, sha256_json
 from compress.models import load_model
-from compress.stages.base import StageContext
+from compress.stages.base import StageContext, StageInput
 from compress.stages.common import checkpoint_path
 from compress.train.evaluate import predict
 from compress.train.loop import FitResult, fit
@@ -48,7 +48,9 @@ def distill_student(
     """Train ``student`` in place from the stage's teacher input with ``settings.method``."""
     data = ctx.data()
     student.to(ctx.device).to(memory_format=torch.channels_last)
-    teacher = load_teacher(ctx) if settings.uses_teacher() else None
+    uses_teacher = settings.uses_teacher()
+    teachers = [load_teacher(s, ctx.device) for s in teacher_inputs(ctx)] if uses_teacher else []
+    teacher = teachers[0] if teachers else None  # feature methods tap this one
     student_layers, teacher_layers = settings.layers()
     example = next(data.eval_batches(data.test, 2))[0].to(ctx.device)
     shapes = FeatureShapes(
@@ -56,9 +58,21 @@ def distill_student(
         probe_shapes(teacher, teacher_layers, example, "the teacher") if teacher else {},
     )
     loss_fn = build_loss(settings, shapes, student).to(ctx.device)
+    loss_fn.plan(train.epochs * data.steps_per_epoch(train.batch_size or data.cfg.batch_size))
     cache = teacher is not None and not teacher_layers
     cache = cache and train.augment == "none" and settings.cache_teacher
-    teacher_logits_for = teacher_source(teacher, ctx, cached=cache)
+    teacher_logits_for = teacher_source(teachers, ctx, cached=cache)
+    unlabeled_batch = 0
+    if data.unlabeled is not None:
+        if teacher is None:
+            console.print(f"  data.unlabeled: not used by {settings.method_name()} (no teacher)")
+        else:
+            unlabeled_batch = (
+                data.cfg.unlabeled_batch_size or train.batch_size or data.cfg.batch_size
+            )
+            console.print(
+                f"  + {unlabeled_batch} of {len(data.unlabeled):,} unlabeled images a step"
+            )
 
     with (
         tapped(student, student_layers, "the student") as student_taps,
@@ -84,42 +98,56 @@ def distill_student(
             companion=loss_fn,
             tensorboard_dir=ctx.stage_dir / "tensorboard",
             seed=seed,
+            unlabeled_batch=unlabeled_batch,
         )
     result.companion = loss_fn
     return result
 
 
-def load_teacher(ctx: StageContext) -> nn.Module:
-    teacher, _, _ = load_model(ctx.input("teacher").path())
-    teacher.to(ctx.device).to(memory_format=torch.channels_last).eval()
+def teacher_inputs(ctx: StageContext) -> list[StageInput]:
+    """The stage's teacher input, then any further ``teachers`` (keys teacher.2, teacher.3...)."""
+    keys = ["teacher"] + [f"teacher.{i}" for i in range(2, len(ctx.inputs) + 2)]
+    return [ctx.inputs[k] for k in keys if k in ctx.inputs]
+
+
+def load_teacher(source: StageInput, device: torch.device) -> nn.Module:
+    teacher, _, _ = load_model(source.path())
+    teacher.to(device).to(memory_format=torch.channels_last).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher
 
 
 def teacher_source(
-    teacher: nn.Module | None, ctx: StageContext, cached: bool
+    teachers: list[nn.Module], ctx: StageContext, cached: bool
 ) -> TeacherLogits | None:
-    """(x, rows) -> teacher logits: a live forward pass, or rows of the cached logits."""
-    if teacher is None:
+    """(x, rows) -> teacher logits: a live forward pass, or rows of the cached logits.
+
+    With several teachers the logits are stacked: teachers x batch x classes.
+    """
+    if not teachers:
         return None
     if not cached:
 
         def live(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
-                return teacher(x)
+                outputs = [teacher(x) for teacher in teachers]
+            return outputs[0] if len(outputs) == 1 else torch.stack(outputs)
 
         return live
-    logits = _cached_logits(teacher, ctx)
-    return lambda x, rows: logits[rows].to(x.device)
+    sources = teacher_inputs(ctx)
+    stored = [_cached_logits(t, s, ctx) for t, s in zip(teachers, sources, strict=True)]
+    logits = stored[0] if len(stored) == 1 else torch.stack(stored)
+    return lambda x, rows: logits[..., rows, :].to(x.device)
 
 
-def _cached_logits(teacher: nn.Module, ctx: StageContext) -> torch.Tensor:
-    """Teacher logits of the training split, shared by stages through the run's cache folder."""
+def _cached_logits(teacher: nn.Module, source: StageInput, ctx: StageContext) -> torch.Tensor:
+    """Teacher logits of the training split, then of ``data.unlabeled`` (rows len(train) + i),
+    shared by stages through the run's cache folder."""
     split_keys = {"dataset", "root", "image_size", "channels", "mean", "std", "train_subset",
-                  "val_split"}  # fmt: skip
-    data_cfg = ctx.pipeline.data.model_dump(mode="json", include=split_keys)
-    key = sha256_json({"teacher": ctx.input("teacher").entry["artifacts"]["model"]["sha256"],
+                  "val_split", "unlabeled"}  # fmt: skip
+    data_cfg = ctx.data_cfg().model_dump(mode="json", include=split_keys)
+    key = sha256_json({"teacher": source.entry["artifacts"]["model"]["sha256"],
                        "data": data_cfg, "seed": ctx.pipeline.seed})  # fmt: skip
     path = ctx.run_dir / "cache" / f"teacher_logits-{key[:16]}.pt"
     with distributed.main_first():  # rank 0 computes and saves, the others load its file
@@ -135,8 +163,10 @@ def _load_or_compute_logits(
             console.print(f"  reusing cached teacher logits ({path.name})")
             return stored["logits"]
     data = ctx.data()
-    console.print(f"  computing teacher logits once for {len(data.train):,} training images")
-    logits = predict(teacher, data, data.train, ctx.device)
+    splits = [data.train] + ([data.unlabeled] if data.unlabeled is not None else [])
+    images = sum(len(split) for split in splits)
+    console.print(f"  computing teacher logits once for {images:,} training images")
+    logits = torch.cat([predict(teacher, data, split, ctx.device) for split in splits])
     if distributed.is_main():
         save_torch({"key": key, "logits": logits}, path)
     return logits

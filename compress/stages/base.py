@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from pydantic import Field
 
-from compress.config.base import StrictModel
+from compress.config.base import DataConfig, StrictModel
 from compress.registry import Registry
 
 if TYPE_CHECKING:
@@ -30,6 +30,10 @@ class StageConfig(StrictModel):
     input: str | None = Field(
         None, description="stage whose output this stage takes; default: nearest earlier one"
     )
+    data: DataConfig | None = Field(
+        None,
+        description="this stage's own data block instead of the pipeline's (grid.datasets sets it)",
+    )
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,8 @@ class StageSpec:
     consumes: Callable[[Any], dict[str, bool]]  # kind -> required; the first is the main input
     summary: str
     distributed: bool = False  # trains: runs on every process under torchrun, else on rank 0
+    # more required inputs named by stage: input key -> (kind, stage), e.g. extra teachers
+    extra_inputs: Callable[[Any], dict[str, tuple[str, str]]] = lambda cfg: {}
 
 
 STAGES: Registry[StageSpec] = Registry("stage type")
@@ -72,11 +78,15 @@ class StageContext:
     fingerprint: str
     device: torch.device
     manifest: dict[str, Any]
+    data_config: DataConfig | None = None  # the stage's own data block, if it has one
+
+    def data_cfg(self) -> DataConfig:
+        return self.data_config or self.pipeline.data
 
     def data(self) -> DataModule:
         from compress.data.module import get_data
 
-        return get_data(self.pipeline.data, self.pipeline.seed)
+        return get_data(self.data_cfg(), self.pipeline.seed)
 
     def input(self, kind: str) -> StageInput:
         return self.inputs[kind]

@@ -58,6 +58,7 @@ def fit(
     companion: nn.Module | None = None,
     tensorboard_dir: Path | None = None,
     seed: int | None = None,
+    unlabeled_batch: int = 0,
 ) -> FitResult:
     """Train ``model`` in place; on return it holds the selected (last or best-val) weights.
 
@@ -65,15 +66,17 @@ def fit(
     projection heads, peer students or an EMA teacher); it is not part of the saved model.
     Under torchrun each process trains on its slice of every global batch; rank 0 alone writes
     the checkpoint and TensorBoard logs, and every process ends with rank 0's weights.
+    ``unlabeled_batch`` images of ``data.unlabeled`` join every batch (label -1); the running
+    loss and accuracy count the labelled images.
     """
     companion = companion or nn.Module()
     rank, world = distributed.rank(), distributed.world_size()
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model.to(device, memory_format=fmt)
     companion.to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    params += [p for p in companion.parameters() if p.requires_grad]
-    optimizer = build_optimizer(params, cfg)
+    own = [p for p in model.parameters() if p.requires_grad]
+    companions = [p for p in companion.parameters() if p.requires_grad]
+    optimizer = build_optimizer(own + companions, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     peak_lr = cfg.lr * {"none": 1.0, "linear": world, "sqrt": world**0.5}[cfg.lr_scaling]
     batch_size = cfg.batch_size or data.cfg.batch_size
@@ -104,7 +107,8 @@ def fit(
             if saved:
                 run = saved if rank == 0 else {**run, "seconds": saved["seconds"]}
             started = time.perf_counter() - run["seconds"]
-            batches = data.train_batches(epoch, batch_size, augment, skip, seed, rank, world)
+            batches = data.train_batches(epoch, batch_size, augment, skip, seed, rank, world,
+                                         unlabeled=unlabeled_batch)  # fmt: skip
             for step, (x, y, rows) in enumerate(batches, start=skip):
                 global_step = epoch * steps_per_epoch + step
                 set_lr(optimizer, peak_lr * lr_factor(global_step, cfg, steps_per_epoch))
@@ -122,12 +126,17 @@ def fit(
                     result.skipped_batches += _non_finite(loss, cfg, epoch, step, checkpoint)
                     continue
                 scaler.scale(loss).backward()
+                if cfg.clip_grad_norm:  # the student and the loss's own modules each
+                    scaler.unscale_(optimizer)
+                    for group in (own, companions):
+                        torch.nn.utils.clip_grad_norm_(group, cfg.clip_grad_norm)
                 scaler.step(optimizer)
                 scaler.update()
 
-                run["seen"] += len(y)
+                labelled = int((y >= 0).sum())
+                run["seen"] += labelled
                 run["correct"] += (logits.detach().argmax(1) == y).sum().item()
-                run["loss_sum"] += loss.item() * len(y)
+                run["loss_sum"] += loss.item() * labelled
                 run["seconds"] = time.perf_counter() - started
                 rate = run["seen"] * world / max(1e-9, run["seconds"])
                 stats = (

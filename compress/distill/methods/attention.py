@@ -23,6 +23,7 @@ from compress.distill.base import (
     Features,
     LayerPair,
     MethodSpec,
+    hard_label_ce,
 )
 from compress.distill.methods.fitnets import align_spatial
 
@@ -62,7 +63,7 @@ class AttentionLoss(DistillLoss):
 
     def forward(self, student, teacher, labels, features: Features | None = None):
         p = self.params
-        ce = F.cross_entropy(student, labels, label_smoothing=p.label_smoothing)
+        ce = hard_label_ce(student, labels, p.label_smoothing)
         at = sum(
             attention_distance(features.student[q.student], features.teacher[q.teacher], p.p)
             for q in p.pairs

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
 from compress.distill.base import (
     METHODS,
@@ -13,6 +12,7 @@ from compress.distill.base import (
     DistillLoss,
     Features,
     MethodSpec,
+    hard_label_ce,
 )
 
 
@@ -34,7 +34,7 @@ class BaselineLoss(DistillLoss):
         labels: torch.Tensor,
         features: Features | None = None,
     ) -> torch.Tensor:
-        return F.cross_entropy(student, labels, label_smoothing=self.label_smoothing)
+        return hard_label_ce(student, labels, self.label_smoothing)
 
 
 METHODS.register("baseline")(

@@ -28,6 +28,7 @@ from compress.distill.base import (
     LayerPair,
     MethodSpec,
     embedding_size,
+    hard_label_ce,
     pooled,
 )
 
@@ -68,7 +69,7 @@ class ContrastiveLoss(DistillLoss):
         p = self.params
         z_s = self.student_head(pooled(features.student[p.pair.student]))
         z_t = self.teacher_head(pooled(features.teacher[p.pair.teacher]).detach())
-        ce = F.cross_entropy(student, labels, label_smoothing=p.label_smoothing)
+        ce = hard_label_ce(student, labels, p.label_smoothing)
         return p.ce_weight * ce + p.nce_weight * info_nce(z_s, z_t, p.tau)
 
 

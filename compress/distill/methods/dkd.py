@@ -19,12 +19,14 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from compress.data.module import UNLABELED
 from compress.distill.base import (
     METHODS,
     DistillLoss,
     FeatureLossParams,
     Features,
     MethodSpec,
+    hard_label_ce,
 )
 
 
@@ -64,8 +66,10 @@ class DKDLoss(DistillLoss):
         ramp = min(1.0, (self.steps.item() + 1) / p.warmup_steps) if p.warmup_steps else 1.0
         if self.training:
             self.steps += 1
-        ce = F.cross_entropy(student, labels, label_smoothing=p.label_smoothing)
-        tckd, nckd = dkd_parts(student, teacher, labels, p.temperature)
+        ce = hard_label_ce(student, labels, p.label_smoothing)
+        # on data.unlabeled images the teacher's top class stands in for the label
+        target = torch.where(labels == UNLABELED, teacher.argmax(1), labels)
+        tckd, nckd = dkd_parts(student, teacher, target, p.temperature)
         return p.ce_weight * ce + ramp * (p.alpha * tckd + p.beta * nckd)
 
 

@@ -24,6 +24,7 @@ from compress.distill.base import (
     FeatureShapes,
     LayerPair,
     MethodSpec,
+    hard_label_ce,
 )
 
 
@@ -75,7 +76,7 @@ class FitNetsLoss(DistillLoss):
 
     def forward(self, student, teacher, labels, features=None):
         p = self.params
-        ce = F.cross_entropy(student, labels, label_smoothing=p.label_smoothing)
+        ce = hard_label_ce(student, labels, p.label_smoothing)
         return p.ce_weight * ce + p.hint_weight * self.hint(features)
 
 

@@ -23,6 +23,7 @@ from compress.distill.base import (
     Features,
     LayerPair,
     MethodSpec,
+    hard_label_ce,
     pooled,
 )
 
@@ -61,7 +62,7 @@ class RKDLoss(DistillLoss):
         s = pooled(features.student[p.pair.student])
         with torch.no_grad():
             t = pooled(features.teacher[p.pair.teacher])
-        ce = F.cross_entropy(student, labels, label_smoothing=p.label_smoothing)
+        ce = hard_label_ce(student, labels, p.label_smoothing)
         dist = F.smooth_l1_loss(distance_potential(s), distance_potential(t))
         angle = F.smooth_l1_loss(angle_potential(s), angle_potential(t))
         return p.ce_weight * ce + p.distance_weight * dist + p.angle_weight * angle

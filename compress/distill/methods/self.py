@@ -15,11 +15,17 @@ import copy
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from compress.distill.base import METHODS, ClassifierLossParams, DistillLoss, Features, MethodSpec
+from compress.distill.base import (
+    METHODS,
+    ClassifierLossParams,
+    DistillLoss,
+    Features,
+    MethodSpec,
+    hard_label_ce,
+)
 from compress.distill.methods.kd import kd_divergence
 
 
@@ -59,7 +65,7 @@ class SelfLoss(DistillLoss):
         self.update_ema()  # follows the weights of the previous optimizer step
         with torch.no_grad():
             ema_logits = self.ema(features.inputs)
-        ce = F.cross_entropy(student, labels, label_smoothing=p.label_smoothing)
+        ce = hard_label_ce(student, labels, p.label_smoothing)
         return p.alpha * ce + (1 - p.alpha) * kd_divergence(student, ema_logits, p.temperature)
 
 
