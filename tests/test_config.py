@@ -230,3 +230,9 @@ def test_several_teachers_mistakes_are_one_line(change, expected):
     raw = two_teacher_pipeline()
     raw["distill"].update(change)
     assert expected in error_of(raw)
+
+
+def test_a_width_multiplier_on_a_fixed_width_resnet_is_one_line():
+    raw = tiny_pipeline()
+    raw["teacher"]["model"] = {"arch": "resnet18", "width_mult": 0.25}
+    assert "resnet18 has a fixed width: width_mult must be 1.0" in error_of(raw)

@@ -106,6 +106,14 @@ class ModelConfig(StrictModel):
     def _known_arch(cls, value: str) -> str:
         return _check_registered("model", value)
 
+    @model_validator(mode="after")
+    def _width(self) -> ModelConfig:
+        from compress.models.registry import FIXED_WIDTH
+
+        if self.arch in FIXED_WIDTH and self.width_mult != 1.0:
+            raise ValueError(f"{self.arch} has a fixed width: width_mult must be 1.0")
+        return self
+
 
 class TrainConfig(StrictModel):
     """Optimisation settings shared by every stage that trains."""

@@ -11,6 +11,7 @@ from compress.registry import Registry
 
 # builder(num_classes, in_channels, width_mult, stem) -> nn.Module; stem is already resolved
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+FIXED_WIDTH = {"resnet18", "resnet34", "resnet50"}  # width_mult must stay 1.0
 
 
 def resolve_stem(stem: str, image_size: int) -> str:
