@@ -102,3 +102,38 @@ def test_benching_an_engine_without_tensorrt_names_the_extra(tmp_path: Path, cli
     output = result.stdout + result.stderr
     assert result.returncode == 2, output
     assert "pip install 'compress[tensorrt]'" in output and "Traceback" not in output
+
+
+@pytest.mark.e2e
+@requires_fashion
+def test_ptq_and_qat_run_under_torchrun_with_two_processes(tmp_path: Path):
+    """Both stages evaluate with sharded, all-reduced counts, so every process must run them
+    (a rank-0-only stage calling evaluate would wait forever for the others)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    raw = {
+        "name": "ddp_int8",
+        "data": {"dataset": "fashion-mnist", "train_subset": 256, "test_subset": 128,
+                 "image_size": 16, "batch_size": 16},
+        "distill": {"student": {"arch": "mobilenet_v2", "width_mult": 0.25}, "epochs": 1,
+                    "method": "baseline", "augment": "none"},
+        "ptq": {"calibration_images": 32},
+        "qat": {"input": "distill", "epochs": 1, "method": "baseline", "calibration_images": 32,
+                "augment": "none"},
+    }  # fmt: skip
+    pipeline = tmp_path / "ddp.yaml"
+    pipeline.write_text(yaml.safe_dump(raw, sort_keys=False))
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "compress", "run", str(pipeline), "--run-dir", str(tmp_path / "run")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "COLUMNS": "120", "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    stages = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]
+    assert stages["ptq"]["status"] == stages["qat"]["status"] == "done"
+    assert "ptq_top1" in stages["qat"]["metrics"]

@@ -24,6 +24,7 @@ STAGES.register("ptq")(
         run=run,
         produces="student",
         consumes=lambda cfg: {"student": True},
+        distributed=True,  # every process under torchrun: evaluation is sharded across them
         summary="post-training INT8 quantization: fold BatchNorm, calibrate activation ranges",
     )
 )

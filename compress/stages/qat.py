@@ -56,6 +56,7 @@ STAGES.register("qat")(
         run=run,
         produces="student",
         consumes=lambda cfg: {"student": True, "teacher": cfg.uses_teacher()},
+        distributed=True,  # every process under torchrun: evaluation is sharded across them
         summary="quantization-aware INT8 fine-tuning with distillation from the teacher",
     )
 )
