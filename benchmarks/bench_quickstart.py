@@ -29,20 +29,24 @@ BATCH_SIZES = (1, 32)
 def artifacts(run_dir: Path) -> list[tuple[str, Path, float | None]]:
     """(name, path, test top-1) of every model file in the run, in pipeline order."""
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    onnx_top1 = {}
+    onnx_top1: dict[tuple[str, str], float | None] = {}
     for entry in manifest["stages"].values():
         if entry["type"] == "bench" and entry.get("status") == "done":
-            onnx_top1[entry["inputs"]["onnx"]["stage"]] = entry["metrics"].get("top1")
+            stage, metrics = entry["inputs"]["onnx"]["stage"], entry["metrics"]
+            onnx_top1[(stage, "onnx")] = metrics.get("top1")
+            onnx_top1[(stage, "onnx_fp32")] = metrics.get("fp32_onnx_top1")
     found = []
     for stage, entry in manifest["stages"].items():
         if entry.get("status") != "done":
             continue
-        for record in entry.get("artifacts", {}).values():
+        for key, record in entry.get("artifacts", {}).items():
             path = run_dir / record["path"]
-            if path.suffix not in (".pt", ".onnx"):
-                continue
-            top1 = entry.get("metrics", {}).get("top1", onnx_top1.get(stage))
+            if path.suffix not in (".pt", ".onnx") or not record["path"].startswith(f"{stage}/"):
+                continue  # not a model, or another stage's file (a quantized stage's float_model)
+            top1 = entry.get("metrics", {}).get("top1", onnx_top1.get((stage, key)))
             kind = "PyTorch eager" if path.suffix == ".pt" else "ONNX, onnxruntime"
+            if key == "onnx_fp32" or (key == "onnx" and "runtime_ops" in entry.get("metrics", {})):
+                kind += ", FP32" if key == "onnx_fp32" else ", INT8"
             found.append((f"{stage} ({kind})", path, top1))
     return found
 
@@ -93,8 +97,8 @@ def main() -> None:
         known = top1 is not None and teacher[1] is not None
         delta = f"{100 * (top1 - teacher[1]):+.2f} pts, " if known else ""
         print(f"  {name}: {delta}{speed}, {teacher[2]['bytes'] / facts['bytes']:.1f}x smaller")
-    if sum(path.suffix == ".onnx" for _, path, _ in artifacts(args.run_dir)) < 2:
-        print("  (no int8 ONNX file in this run: it arrives with the INT8 stage)")
+    if not any("INT8" in name for name, _, _ in artifacts(args.run_dir)):
+        print("  (no INT8 ONNX file in this run: see pipelines/quickstart_int8.yaml)")
 
 
 if __name__ == "__main__":
