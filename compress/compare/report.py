@@ -225,7 +225,7 @@ def _plots(out_dir: Path, methods, temperature, alpha) -> list[Path]:
         ax.set_ylim(max(0.0, low - 2), min(100.0, max(r["top1_mean"] for r in methods) + 1.5))
         ax.set_ylabel("test top-1 (%), mean ± std over seeds")
         ax.set_title("Distillation methods")
-        ax.tick_params(axis="x", rotation=35)
+        plt.setp(ax.get_xticklabels(), rotation=35, ha="right", rotation_mode="anchor")
         fig.tight_layout()
         paths.append(_save(fig, out_dir / "methods.png"))
     for rows, key, label in ((temperature, "temperature", "KD temperature T"),
