@@ -15,10 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-
-from compress.bench.backends import BackendOptions, load_runner
-from compress.bench.sidebyside import interleaved_latency
+from compress.bench.sidebyside import onnx_side_by_side
 
 
 def main() -> None:
@@ -49,17 +46,9 @@ def main() -> None:
         if entry["type"] == "bench" and "fp32_onnx_top1" in metrics:
             print(f"bench: ONNX top-1 INT8 {metrics['top1']:.4f}, FP32 "
                   f"{metrics['fp32_onnx_top1']:.4f}")  # fmt: skip
-    runners = {
-        role: load_runner("onnxruntime", path, BackendOptions(threads=args.threads))
-        for role, path in paths.items()
-    }
     shape = [d if isinstance(d, int) else 1 for d in _input_shape(paths["baseline"])]
-    for batch_size in (1, 32):
-        batch = (
-            np.random.default_rng(0).standard_normal((batch_size, *shape[1:])).astype(np.float32)
-        )
-        calls = {role: (lambda r=r, b=batch: r.call(b)) for role, r in runners.items()}
-        stats = interleaved_latency(calls, batch_size, rounds=args.rounds)
+    measured = onnx_side_by_side(paths, tuple(shape[1:]), (1, 32), args.rounds, args.threads)
+    for batch_size, stats in measured.items():
         for role, s in stats.items():
             print(
                 f"batch {batch_size:>3} {role:<9} p50 {s['p50']:7.3f} ms  "

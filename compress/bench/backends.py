@@ -21,6 +21,7 @@ import torch
 
 from compress.bench.timing import TimingPlan, time_calls, time_cuda_calls
 from compress.errors import CompressError
+from compress.export.tensorrt import ENGINE_SUFFIXES
 from compress.registry import Registry
 
 Device = Literal["cpu", "cuda"]
@@ -64,7 +65,7 @@ def load_runner(backend: str, path: Path, options: BackendOptions) -> Runner:
 
 
 def default_backend(path: Path) -> str:
-    if path.suffix in (".engine", ".plan"):
+    if path.suffix in ENGINE_SUFFIXES:
         return "tensorrt"
     return "onnxruntime" if path.suffix == ".onnx" else "torch"
 
@@ -152,7 +153,7 @@ def _tensorrt_runner(end_to_end: bool) -> Callable[[Path, BackendOptions], Runne
         from compress.export.tensorrt import import_tensorrt
 
         name = "tensorrt-e2e" if end_to_end else "tensorrt"
-        if path.suffix not in (".engine", ".plan"):
+        if path.suffix not in ENGINE_SUFFIXES:
             raise BackendUnavailable(f"{name} runs TensorRT engines (.engine), not {path.name}")
         trt = import_tensorrt()
         if options.device != "cuda" or not torch.cuda.is_available():

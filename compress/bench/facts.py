@@ -22,6 +22,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from compress.export.tensorrt import ENGINE_SUFFIXES
+
 CONV_OPS = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3}  # op -> index of the weight input
 MATMUL_OPS = {"Gemm": 1, "MatMul": 1, "MatMulInteger": 1, "QLinearMatMul": 3}
 PARAM_TYPES = {1, 2, 3, 10, 16}  # float, uint8, int8, float16, bfloat16 (onnx.TensorProto)
@@ -29,7 +31,7 @@ PARAM_TYPES = {1, 2, 3, 10, 16}  # float, uint8, int8, float16, bfloat16 (onnx.T
 
 def model_facts(path: Path) -> dict[str, Any]:
     """``{"format", "params", "macs", "bytes"}`` of an ONNX file or one of our model files."""
-    if path.suffix in (".engine", ".plan"):  # a compiled engine: no graph to count from
+    if path.suffix in ENGINE_SUFFIXES:  # a compiled engine: no graph to count from
         return {"format": "tensorrt", "params": None, "macs": None, "bytes": path.stat().st_size}
     if path.suffix == ".onnx":
         import onnx

@@ -6,10 +6,12 @@ alternating short rounds (A B B A A B ...) spreads it over both, so their ratio 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import numpy as np
 
+from compress.bench.backends import BackendOptions, load_runner
 from compress.bench.timing import TimingPlan, summarize, time_calls
 
 
@@ -33,3 +35,23 @@ def interleaved_latency(
         for name in names if r % 2 == 0 else reversed(names):
             samples[name].append(time_calls(calls[name], plan))
     return {name: summarize(np.concatenate(s), batch_size) for name, s in samples.items()}
+
+
+def onnx_side_by_side(
+    paths: dict[str, Path],
+    input_chw: tuple[int, ...],
+    batch_sizes: Iterable[int],
+    rounds: int = 10,
+    threads: int | None = None,
+) -> dict[int, dict[str, dict[str, float]]]:
+    """onnxruntime latency of several ONNX files on one random batch, interleaved, per batch
+    size: ``{batch_size: {name: stats}}``. Compare them by their p50s, robust to outliers."""
+    runners = {
+        name: load_runner("onnxruntime", p, BackendOptions(threads)) for name, p in paths.items()
+    }
+    out = {}
+    for bs in batch_sizes:
+        batch = np.random.default_rng(0).standard_normal((bs, *input_chw)).astype(np.float32)
+        calls = {name: (lambda r=r, b=batch: r.call(b)) for name, r in runners.items()}
+        out[bs] = interleaved_latency(calls, bs, rounds=rounds)
+    return out

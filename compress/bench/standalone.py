@@ -22,6 +22,7 @@ from compress.bench.backends import BackendOptions, Runner, default_backend, loa
 from compress.bench.facts import model_facts
 from compress.bench.timing import TimingPlan, summarize
 from compress.errors import CompressError
+from compress.export.tensorrt import ENGINE_SUFFIXES
 
 LATENCY_KEYS = ("mean", "p50", "p90", "p95", "p99", "p99_9", "max")
 
@@ -61,7 +62,7 @@ def describe_artifact(path: Path) -> dict[str, Any]:
         meta = read_metadata(path)
         return {"input_name": first.name, "shape": list(first.shape),
                 "preprocess": meta.get("preprocess"), "labels": meta.get("labels")}  # fmt: skip
-    if path.suffix in (".engine", ".plan"):  # the JSON our export writes beside the engine
+    if path.suffix in ENGINE_SUFFIXES:  # the JSON our export writes beside the engine
         sidecar = path.with_suffix(path.suffix + ".json")
         if not sidecar.is_file():
             raise CompressError(f"{path}: no {sidecar.name} beside it (written by compress export)")

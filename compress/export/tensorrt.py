@@ -18,6 +18,7 @@ from typing import Any
 from compress.errors import CompressError
 from compress.io import atomic_path
 
+ENGINE_SUFFIXES = (".engine", ".plan")  # serialized engines, as TensorRT's tools name them
 INSTALL_HINT = (
     "TensorRT is not installed: on a machine with an NVIDIA GPU, pip install 'compress[tensorrt]' "
     "(or build docker/Dockerfile.gpu, which starts from NVIDIA's TensorRT image)"

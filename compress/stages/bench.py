@@ -16,7 +16,7 @@ from pydantic import Field
 from compress.bench.accuracy import classification_metrics
 from compress.bench.backends import BackendOptions, load_runner
 from compress.bench.facts import model_facts
-from compress.bench.sidebyside import interleaved_latency
+from compress.bench.sidebyside import onnx_side_by_side
 from compress.bench.standalone import environment
 from compress.bench.timing import TimingPlan, summarize
 from compress.export.onnx import onnx_logits, onnx_session
@@ -113,9 +113,7 @@ def run(cfg: BenchConfig, ctx: StageContext) -> StageResult:
     }
     per_class: dict[str, Any] = {}
     if cfg.accuracy:
-        session = onnx_session(onnx_input.path("onnx"), cfg.threads)
-        logits = onnx_logits(session, (x for x, _, _ in data.eval_batches(data.test)))
-        measured = classification_metrics(logits, data.test.labels.numpy(), data.classes)
+        measured = _test_metrics(onnx_input.path("onnx"), cfg, data)
         per_class = measured.pop("per_class_top1")
         metrics.update(measured)
         metrics["test_images"] = len(data.test)
@@ -150,15 +148,10 @@ def _int8_vs_fp32(cfg: BenchConfig, ctx: StageContext, data: Any) -> dict[str, A
     onnx_input = ctx.input("onnx")
     paths = {"fp32": onnx_input.path("onnx_fp32"), "int8": onnx_input.path("onnx")}
     p = data.preprocess
-    runners = {
-        k: load_runner("onnxruntime", v, BackendOptions(cfg.threads)) for k, v in paths.items()
-    }
+    measured = onnx_side_by_side(paths, (p.channels, p.size, p.size), cfg.batch_sizes,
+                                 cfg.ratio_rounds, cfg.threads)  # fmt: skip
     speedup: dict[str, float] = {}
-    for bs in cfg.batch_sizes:
-        batch = np.random.default_rng(0).standard_normal((bs, p.channels, p.size, p.size))
-        batch = batch.astype(np.float32)
-        calls = {k: (lambda r=r, b=batch: r.call(b)) for k, r in runners.items()}
-        stats = interleaved_latency(calls, bs, rounds=cfg.ratio_rounds)
+    for bs, stats in measured.items():
         speedup[str(bs)] = stats["fp32"]["p50"] / stats["int8"]["p50"]  # p50: robust to noise
         console.print(
             f"  INT8 vs FP32 ONNX, batch {bs:>4}: p50 {stats['int8']['p50']:.3f} vs "
@@ -166,13 +159,16 @@ def _int8_vs_fp32(cfg: BenchConfig, ctx: StageContext, data: Any) -> dict[str, A
         )
     out: dict[str, Any] = {"int8_speedup": speedup}
     if cfg.accuracy:
-        logits = onnx_logits(
-            onnx_session(paths["fp32"], cfg.threads),
-            (x for x, _, _ in data.eval_batches(data.test)),
-        )
-        fp32 = classification_metrics(logits, data.test.labels.numpy(), data.classes)
-        out["fp32_onnx_top1"] = fp32["top1"]
+        out["fp32_onnx_top1"] = _test_metrics(paths["fp32"], cfg, data)["top1"]
     return out
+
+
+def _test_metrics(path: Path, cfg: BenchConfig, data: Any) -> dict[str, Any]:
+    """Top-1/top-5/ECE/per-class accuracy of an ONNX file on the whole test split."""
+    logits = onnx_logits(
+        onnx_session(path, cfg.threads), (x for x, _, _ in data.eval_batches(data.test))
+    )
+    return classification_metrics(logits, data.test.labels.numpy(), data.classes)
 
 
 def _targets(cfg: BenchConfig, ctx: StageContext) -> tuple[list[Target], list[str]]:
@@ -180,13 +176,13 @@ def _targets(cfg: BenchConfig, ctx: StageContext) -> tuple[list[Target], list[st
     onnx_input = ctx.input("onnx")
     student_ref = onnx_input.entry["inputs"]["student"]
     student_path = ctx.run_dir / student_ref["path"]
+    artifacts = onnx_input.entry["artifacts"]
     targets, skipped = [], []
     for device in cfg.devices:
         if device == "cuda" and not torch.cuda.is_available():
             skipped.append("cuda: no CUDA device on this machine, cuda timings skipped")
             continue
         suffix = "" if device == "cpu" else f"-{device}"
-        artifacts = onnx_input.entry["artifacts"]
         for backend in cfg.backends:
             if backend == "onnxruntime":
                 targets.append(Target(backend + suffix, backend, device, onnx_input.path("onnx"),

@@ -13,14 +13,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 from compress import distributed
-from compress.bench.backends import BackendOptions, load_runner
-from compress.bench.sidebyside import interleaved_latency
+from compress.bench.sidebyside import onnx_side_by_side
 from compress.config.base import TrainConfig
 from compress.distill.config import DistillSettings
 from compress.distill.train import distill_student
@@ -143,15 +141,12 @@ def _side_by_side(
 ) -> dict[str, dict[str, float]]:
     pre = ctx.data().preprocess
     shape = (pre.channels, pre.size, pre.size)
-    batch = np.random.default_rng(0).standard_normal((batch_size, *shape)).astype(np.float32)
-    calls = {}
     with tempfile.TemporaryDirectory() as tmp:
+        paths = {"unpruned": Path(tmp) / "unpruned.onnx", "pruned": Path(tmp) / "pruned.onnx"}
         for name, model in (("unpruned", unpruned), ("pruned", copy.deepcopy(pruned))):
-            path = Path(tmp) / f"{name}.onnx"
-            export_onnx(model, path, input_shape=shape, opset=18, dynamic_batch=True, metadata={})
-            runner = load_runner("onnxruntime", path, BackendOptions())
-            calls[name] = lambda r=runner: r.call(batch)
-        stats = interleaved_latency(calls, batch_size, rounds=10)
+            export_onnx(model, paths[name], input_shape=shape, opset=18, dynamic_batch=True,
+                        metadata={})  # fmt: skip
+        stats = onnx_side_by_side(paths, shape, [batch_size])[batch_size]
     for name, s in stats.items():
         console.print(f"  {name:<9} onnxruntime batch {batch_size}: p50 {s['p50']:.3f} ms, "
                       f"{s['throughput']:,.0f} img/s")  # fmt: skip
