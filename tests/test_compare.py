@@ -43,6 +43,55 @@ def test_grid_errors_name_the_key():
         parse_pipeline(grid_pipeline(methods=["kdd"]))
 
 
+def test_teacher_size_sweep_adds_a_teacher_stage_per_new_model_and_cells_reading_it():
+    raw = grid_pipeline(seeds=[0], teachers=["resnet18", {"label": "r34", "arch": "resnet34"}])
+    raw["distill"]["method"] = {"name": "kd", "temperature": 2.0}
+    stages = dict(parse_pipeline(raw).stage_items())
+    assert list(stages) == ["teacher", "distill-baseline-s0", "distill-kd-s0", "teacher-r34",
+                            "distill-teacher-resnet18-s0", "distill-teacher-r34-s0"]  # fmt: skip
+    assert stages["teacher-r34"].model.arch == "resnet34"
+    assert stages["teacher-r34"].model.stem == "compact"  # the rest of the teacher's model block
+    assert stages["distill-kd-s0"].input is None  # still the teacher before the template
+    r18, r34 = stages["distill-teacher-resnet18-s0"], stages["distill-teacher-r34-s0"]
+    assert (r18.input, r34.input) == ("teacher", "teacher-r34")  # resnet18 is the teacher itself
+    assert r34.method.name == "kd" and r34.method.temperature == 2.0  # the template's kd block
+
+
+def test_teacher_size_sweep_errors():
+    with pytest.raises(ConfigError, match="two entries are labelled 'resnet34'"):
+        parse_pipeline(grid_pipeline(teachers=["resnet34", {"arch": "resnet34", "stem": "cifar"}]))
+    raw = grid_pipeline(teachers=["resnet34"])
+    del raw["teacher"]
+    with pytest.raises(ConfigError, match="does not distil from a teacher stage"):
+        parse_pipeline(raw)
+
+
+def test_teacher_table_pairs_each_teacher_with_its_students(tmp_path: Path, monkeypatch):
+    import compress.compare.report as report
+
+    monkeypatch.setattr(report, "teacher_entropy", lambda m, ts, d=None: {t: 1.0 for t in ts})
+    raw = grid_pipeline(teachers=["resnet18", "resnet34"])
+    config = parse_pipeline(raw).model_dump(mode="json")
+    stages = {"teacher": {"type": "teacher", "status": "done",
+                          "metrics": {"top1": 0.90, "params": 11_000_000}},
+              "teacher-resnet34": {"type": "teacher", "status": "done",
+                                   "metrics": {"top1": 0.92, "params": 21_000_000}}}  # fmt: skip
+    accuracies = {"baseline": 0.80, "kd": 0.85, "teacher-resnet18": 0.85, "teacher-resnet34": 0.86}
+    for label, top1 in accuracies.items():
+        for seed in (0, 1):
+            stages[f"distill-{label}-s{seed}"] = {
+                "type": "distill", "status": "done",
+                "metrics": {"top1": top1 + seed / 100, "params": 2}}  # fmt: skip
+    manifest = Manifest(tmp_path, {"pipeline": {"config": config}, "stages": stages})
+    rows = report.teacher_table(manifest)
+    assert [(r["teacher"], r["arch"], r["teacher_top1"]) for r in rows] == [
+        ("resnet18", "resnet18", 0.90), ("resnet34", "resnet34", 0.92)]  # fmt: skip
+    assert [r["top1_mean"] for r in rows] == pytest.approx([85.5, 86.5])
+    assert [r["method"] for r in methods_table(manifest)] == ["teacher", "kd", "baseline"]
+    written = {p.name for p in write_compare_report(manifest)}
+    assert {"teachers.md", "teachers.csv", "teachers.png"} <= written
+
+
 def fake_manifest(tmp_path: Path) -> Manifest:
     pipeline = parse_pipeline(grid_pipeline(temperatures=[2.0], alphas=[0.9]))
     config = pipeline.model_dump(mode="json")
@@ -183,6 +232,7 @@ def test_a_grid_over_two_datasets_through_compress_run(fake_fashion, tmp_path: P
         "distill": {"student": {"arch": "mobilenet_v2", "width_mult": 0.25}, "epochs": 1,
                     "augment": "none", "method": "kd"},
         "grid": {"seeds": [0], "methods": ["baseline", "kd"],
+                 "teachers": ["mobilenet_v2", {"label": "wide", "width_mult": 0.5}],
                  "datasets": ["fashion-mnist",
                               {"label": "shapes", "dataset": "imagefolder", "root": str(shapes)}]},
     }  # fmt: skip
@@ -190,6 +240,12 @@ def test_a_grid_over_two_datasets_through_compress_run(fake_fashion, tmp_path: P
     assert stages["shapes.distill-kd-s0"]["inputs"]["teacher"]["stage"] == "shapes.teacher"
     assert stages["shapes.teacher"]["metrics"]["test_images"] == 18  # 3 classes x 6
     assert stages["fashion-mnist.teacher"]["metrics"]["test_images"] == 20
+    wide = stages["shapes.distill-teacher-wide-s0"]["inputs"]["teacher"]["stage"]
+    assert wide == "shapes.teacher-wide"
+    assert stages["shapes.teacher-wide"]["metrics"]["params"] > stages["shapes.teacher"][
+        "metrics"]["params"]  # fmt: skip
     for dataset in ("fashion-mnist", "shapes"):
         with open(tmp_path / "run" / "compare" / dataset / "methods.csv") as f:
             assert {row["method"] for row in csv.DictReader(f)} == {"teacher", "baseline", "kd"}
+        with open(tmp_path / "run" / "compare" / dataset / "teachers.csv") as f:
+            assert [row["teacher"] for row in csv.DictReader(f)] == ["mobilenet_v2", "wide"]

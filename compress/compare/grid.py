@@ -6,9 +6,16 @@
       methods: [baseline, kd, {name: fitnets, hint_weight: 2}, ...]
       temperatures: [1, 2, 4, 8]   # kd at each T (sweep_method), alpha from the template
       alphas: [0.1, 0.5, 0.9]
+      teachers: [resnet18, resnet34, {label: r50, arch: resnet50}]   # teacher-size sweep
 
-Cells are ordinary stages named ``<template>-<label>-s<seed>`` (``-T4-``, ``-a0.5-`` for the
-sweeps), so the runner's skip and resume work per cell, and the one teacher stage is shared.
+Cells are ordinary stages named ``<template>-<label>-s<seed>`` (``-T4-``, ``-a0.5-``,
+``-teacher-resnet18-`` for the sweeps), so the runner's skip and resume work per cell, and the
+one teacher stage is shared.
+
+``teachers`` sweeps the teacher's size: each entry (an arch name, or a ``model`` block with an
+optional ``label``) updates the model of the teacher stage the template distils from. An entry
+that changes it becomes a new teacher stage ``teacher-<label>``, trained like that teacher; one
+that leaves it unchanged reuses it. Each entry gets sweep_method cells distilling from it.
 
 ``datasets`` repeats the whole pipeline per dataset: every stage is copied once per entry
 (``<dataset>.teacher``, ``<dataset>.distill-kd-s0``, ...) with its own ``data`` block, the
@@ -47,7 +54,12 @@ class GridConfig(StrictModel):
     alphas: list[float] = Field(
         default_factory=list, description="sweep sweep_method's alpha over these values"
     )
-    sweep_method: str = Field("kd", description="the method the T and alpha sweeps use")
+    sweep_method: str = Field("kd", description="the method the T, alpha and teacher-size sweeps use")
+    teachers: list[str | dict[str, Any]] = Field(
+        default_factory=list,
+        description="sweep the teacher's size: arch names or model blocks with a label; "
+        "sweep_method is distilled from each",
+    )
     datasets: list[str | dict[str, Any]] = Field(
         default_factory=list,
         description="repeat every stage per dataset: names or data blocks with a label",
@@ -69,6 +81,7 @@ def expand_grid(split: dict[str, Any]) -> dict[str, Any]:
     template = stages.get(grid.template)
     if not isinstance(template, dict) or template.get("type") != "distill":
         raise ConfigError(f"grid.template: no distill stage named '{grid.template}' to copy")
+    sweep_teachers = teacher_stages(grid, stages)
     expanded: dict[str, Any] = {}
     for name, stage in stages.items():
         if name != grid.template:
@@ -77,6 +90,14 @@ def expand_grid(split: dict[str, Any]) -> dict[str, Any]:
         for label, method in cells(grid, template):
             for seed in grid.seeds:
                 expanded[f"{name}-{label}-s{seed}"] = {**template, "method": method, "seed": seed}
+        # after the cells above, which keep distilling from the teacher before the template
+        expanded.update({n: s for n, s in sweep_teachers.values() if n not in stages})
+        for label, (teacher, _) in sweep_teachers.items():
+            for seed in grid.seeds:
+                cell = {k: v for k, v in template.items() if k != "teachers"}
+                expanded[f"{name}-{TEACHER_SWEEP}{label}-s{seed}"] = {
+                    **cell, "method": sweep_method_block(grid, template), "seed": seed,
+                    "input": teacher}  # fmt: skip
     if not grid.datasets:
         return {**split, "stages": expanded}
     per_dataset: dict[str, Any] = {}
@@ -111,6 +132,60 @@ def dataset_blocks(grid: GridConfig, data: dict[str, Any]) -> list[tuple[str, di
     return out
 
 
+TEACHER_SWEEP = "teacher-"  # cell label prefix of the teacher-size sweep
+
+
+def teacher_stages(grid: GridConfig, stages: dict[str, Any]) -> dict[str, tuple[str, Any]]:
+    """Per ``grid.teachers`` label: (teacher stage name, its stage block). Entries that change
+    the template's teacher model get a copy of that stage named ``teacher-<label>``."""
+    if not grid.teachers:
+        return {}
+    template = stages[grid.template]
+    listed = template.get("teachers")
+    if isinstance(listed, list) and len(listed) > 1:
+        raise ConfigError(
+            "grid.teachers: the template distils from several teachers; a teacher-size sweep "
+            "needs one (set the template's input to the teacher to vary)"
+        )
+    base_name = template.get("input") or (listed[0] if listed else None)
+    if base_name is None:
+        earlier = list(stages)[: list(stages).index(grid.template)]
+        base_name = next((n for n in reversed(earlier)
+                          if isinstance(stages[n], dict) and stages[n].get("type") == "teacher"),
+                         None)  # fmt: skip
+    base = stages.get(base_name) if base_name else None
+    if not isinstance(base, dict) or base.get("type") != "teacher":
+        raise ConfigError(
+            f"grid.teachers: the template '{grid.template}' does not distil from a teacher stage "
+            "to vary; put a teacher stage before it"
+        )
+    base_model = base.get("model") or {}
+    base_model = {"arch": base_model} if isinstance(base_model, str) else dict(base_model)
+    out: dict[str, tuple[str, Any]] = {}
+    for entry in grid.teachers:
+        entry = {"arch": entry} if isinstance(entry, str) else dict(entry)
+        label = str(entry.pop("label", entry.get("arch", base_model.get("arch", ""))))
+        if label in out:
+            raise ConfigError(
+                f"grid.teachers: two entries are labelled '{label}'; give each a distinct label"
+            )
+        if not label or not all(c.isalnum() or c in "-_" for c in label):
+            raise ConfigError(f"grid.teachers: label '{label}' may hold letters, digits, - and _")
+        model = {**base_model, **entry}
+        if model == base_model:
+            out[label] = (base_name, base)
+        else:
+            out[label] = (f"{base_name}-{label}", {**base, "model": model})
+    return out
+
+
+def sweep_method_block(grid: GridConfig, template: dict[str, Any]) -> dict[str, Any]:
+    """The template's method block if it is sweep_method's, else sweep_method's defaults."""
+    base = template.get("method", grid.sweep_method)
+    base = dict(base) if isinstance(base, dict) and base.get("name") == grid.sweep_method else {}
+    return {**base, "name": grid.sweep_method}
+
+
 def cells(grid: GridConfig, template: dict[str, Any]) -> list[tuple[str, Any]]:
     """(label, method block) for every method and sweep value."""
     out: list[tuple[str, Any]] = []
@@ -121,9 +196,7 @@ def cells(grid: GridConfig, template: dict[str, Any]) -> list[tuple[str, Any]]:
             name = "mix-" + "+".join(str(p.get("name", "?")) for p in method.get("parts", []))
         seen[name] = seen.get(name, 0) + 1
         out.append((name if seen[name] == 1 else f"{name}{seen[name]}", method))
-    base = template.get("method", grid.sweep_method)
-    base = dict(base) if isinstance(base, dict) and base.get("name") == grid.sweep_method else {}
-    base["name"] = grid.sweep_method
+    base = sweep_method_block(grid, template)
     out += [(f"T{_num(t)}", {**base, "temperature": t}) for t in grid.temperatures]
     out += [(f"a{_num(a)}", {**base, "alpha": a}) for a in grid.alphas]
     return out

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from compress.compare.grid import TEACHER_SWEEP
 from compress.io import atomic_path, write_text
 from compress.manifest import Manifest
 
@@ -37,7 +38,8 @@ def cell_results(
         metrics = entry["metrics"]
         cells[label].append({"seed": int(seed), "top1": metrics["top1"],
                              "params": metrics.get("params"),
-                             "method": config["stages"][name]["method"]})  # fmt: skip
+                             "method": config["stages"][name]["method"],
+                             "teacher": config["stages"][name].get("input")})  # fmt: skip
     return grid, cells
 
 
@@ -97,8 +99,10 @@ def sweep_table(manifest: Manifest, key: str, dataset: str | None = None) -> lis
         return []
     reference = {k: v for k, v in sweep[0][0]["method"].items() if k != key}
     by_value: dict[float, list[dict[str, Any]]] = defaultdict(list)
-    for records in cells.values():
+    for label, records in cells.items():
         method = records[0]["method"]
+        if label.startswith(TEACHER_SWEEP):  # same method, another teacher
+            continue
         if {k: v for k, v in method.items() if k != key} == reference:
             by_value[float(method[key])].extend(records)
     rows = []
@@ -108,7 +112,28 @@ def sweep_table(manifest: Manifest, key: str, dataset: str | None = None) -> lis
     return rows
 
 
+def teacher_table(manifest: Manifest, dataset: str | None = None) -> list[dict[str, Any]]:
+    """Student accuracy per teacher of the teacher-size sweep, smallest teacher first."""
+    _, cells = cell_results(manifest, dataset)
+    config = manifest.data["pipeline"]["config"]["stages"]
+    rows = []
+    for label, records in cells.items():
+        if not label.startswith(TEACHER_SWEEP):
+            continue
+        teacher = manifest.stages.get(records[0]["teacher"], {})
+        metrics = teacher.get("metrics", {})
+        mean, std, n = _summary(records)
+        rows.append({"teacher": label[len(TEACHER_SWEEP) :],
+                     "arch": config[records[0]["teacher"]]["model"]["arch"],
+                     "teacher_params": metrics.get("params"), "teacher_top1": metrics.get("top1"),
+                     "top1_mean": mean, "top1_std": std, "seeds": n})  # fmt: skip
+    rows.sort(key=lambda r: r["teacher_params"] or 0)
+    return rows
+
+
 def _is_sweep(label: str) -> bool:
+    if label.startswith(TEACHER_SWEEP):
+        return True
     return (label[:1] in ("T", "a")) and _is_number(label[1:])
 
 
@@ -159,7 +184,9 @@ def _cell(key: str, value: Any) -> str:
         return f"{value:.2f}%"
     if key in ("top1_std", "gain_vs_baseline"):
         return f"{value:+.2f}" if key == "gain_vs_baseline" else f"±{value:.2f}"
-    if key == "params":
+    if key == "teacher_top1":
+        return f"{100 * value:.2f}%"
+    if key in ("params", "teacher_params"):
         return f"{value / 1e6:.2f}M"
     if isinstance(value, float) and not math.isnan(value):
         return f"{value:g}" if key in ("temperature", "alpha") else f"{value:.3f}"
@@ -194,21 +221,23 @@ def _write_dataset_report(manifest: Manifest, dataset: str | None) -> list[Path]
         for row in temperature:
             row["teacher_entropy_nats"] = entropy[row["temperature"]]
     alpha = sweep_table(manifest, "alpha", dataset) if grid["alphas"] else []
+    teachers = teacher_table(manifest, dataset)
     written = []
     on = f" on {dataset}" if dataset else ""
     for stem, rows, title in (("methods", methods, f"Methods{on} (test top-1 over seeds)"),
                               ("temperature", temperature, f"KD temperature{on}"),
-                              ("alpha", alpha, f"KD alpha{on}")):  # fmt: skip
+                              ("alpha", alpha, f"KD alpha{on}"),
+                              ("teachers", teachers, f"Teacher size{on}")):  # fmt: skip
         if not rows:
             continue
         for suffix, text in ((".md", _markdown(rows, title)), (".csv", _csv(rows))):
             write_text(out_dir / f"{stem}{suffix}", text)
             written.append(out_dir / f"{stem}{suffix}")
-    written += _plots(out_dir, methods, temperature, alpha)
+    written += _plots(out_dir, methods, temperature, alpha, teachers)
     return written
 
 
-def _plots(out_dir: Path, methods, temperature, alpha) -> list[Path]:
+def _plots(out_dir: Path, methods, temperature, alpha, teachers) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -247,6 +276,21 @@ def _plots(out_dir: Path, methods, temperature, alpha) -> list[Path]:
         ax.set_title(f"Accuracy vs {key}")
         fig.tight_layout()
         paths.append(_save(fig, out_dir / f"{key}.png"))
+    if teachers:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        names = [f"{r['teacher']}\n{(r['teacher_params'] or 0) / 1e6:.1f}M" for r in teachers]
+        ax.errorbar(names, [r["top1_mean"] for r in teachers],
+                    yerr=[r["top1_std"] for r in teachers], marker="o", capsize=4,
+                    label="student top-1 (mean ± std)")  # fmt: skip
+        done = [(n, r) for n, r in zip(names, teachers, strict=True) if r["teacher_top1"]]
+        ax.plot([n for n, _ in done], [100 * r["teacher_top1"] for _, r in done], "s--",
+                color="#888", label="teacher top-1")  # fmt: skip
+        ax.set_xlabel("teacher (parameters)")
+        ax.set_ylabel("test top-1 (%)")
+        ax.set_title("Student accuracy vs teacher size")
+        ax.legend()
+        fig.tight_layout()
+        paths.append(_save(fig, out_dir / "teachers.png"))
     return paths
 
 
