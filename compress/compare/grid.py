@@ -54,7 +54,9 @@ class GridConfig(StrictModel):
     alphas: list[float] = Field(
         default_factory=list, description="sweep sweep_method's alpha over these values"
     )
-    sweep_method: str = Field("kd", description="the method the T, alpha and teacher-size sweeps use")
+    sweep_method: str = Field(
+        "kd", description="the method the T, alpha and teacher-size sweeps use"
+    )
     teachers: list[str | dict[str, Any]] = Field(
         default_factory=list,
         description="sweep the teacher's size: arch names or model blocks with a label; "
@@ -122,14 +124,19 @@ def dataset_blocks(grid: GridConfig, data: dict[str, Any]) -> list[tuple[str, di
     for entry in grid.datasets:
         entry = {"dataset": entry} if isinstance(entry, str) else dict(entry)
         label = str(entry.pop("label", entry.get("dataset", data.get("dataset", "fashion-mnist"))))
-        if label in dict(out):
-            raise ConfigError(
-                f"grid.datasets: two entries are labelled '{label}'; give each a distinct label"
-            )
-        if not label or not all(c.isalnum() or c in "-_" for c in label):
-            raise ConfigError(f"grid.datasets: label '{label}' may hold letters, digits, - and _")
+        _check_label("datasets", label, dict(out))
         out.append((label, {**data, **entry}))
     return out
+
+
+def _check_label(key: str, label: str, taken: dict[str, Any]) -> None:
+    """Labels become parts of stage names: distinct, and letters, digits, - and _ only."""
+    if label in taken:
+        raise ConfigError(
+            f"grid.{key}: two entries are labelled '{label}'; give each a distinct label"
+        )
+    if not label or not all(c.isalnum() or c in "-_" for c in label):
+        raise ConfigError(f"grid.{key}: label '{label}' may hold letters, digits, - and _")
 
 
 TEACHER_SWEEP = "teacher-"  # cell label prefix of the teacher-size sweep
@@ -165,12 +172,7 @@ def teacher_stages(grid: GridConfig, stages: dict[str, Any]) -> dict[str, tuple[
     for entry in grid.teachers:
         entry = {"arch": entry} if isinstance(entry, str) else dict(entry)
         label = str(entry.pop("label", entry.get("arch", base_model.get("arch", ""))))
-        if label in out:
-            raise ConfigError(
-                f"grid.teachers: two entries are labelled '{label}'; give each a distinct label"
-            )
-        if not label or not all(c.isalnum() or c in "-_" for c in label):
-            raise ConfigError(f"grid.teachers: label '{label}' may hold letters, digits, - and _")
+        _check_label("teachers", label, out)
         model = {**base_model, **entry}
         if model == base_model:
             out[label] = (base_name, base)
