@@ -111,3 +111,35 @@ def test_unpruned_checkpoint_of_wrong_width_still_fails(tmp_path: Path):
     )
     with pytest.raises(Exception, match="does not fit architecture"):
         load_model(tmp_path / "x.pt")
+
+
+def test_prune_stage_end_to_end_through_compress_run(tmp_path: Path):
+    """distill -> prune (KD fine-tune) -> export, from the CLI on a Fashion-MNIST subset; a
+    second run skips every stage."""
+    from tests.conftest import run_pipeline_dict, tiny_pipeline
+
+    tiny = tiny_pipeline()
+    tiny["distill"]["student"]["width_mult"] = 0.5
+    prune_block = {"keep_macs": 0.5, "epochs": 1, "method": "kd", "augment": "none",
+                   "latency_batch_size": 4}  # fmt: skip
+    raw = {**{k: tiny[k] for k in ("name", "data", "teacher", "distill")}, "prune": prune_block,
+           "export": {**tiny["export"], "input": "prune"}}  # fmt: skip
+    _, stages = run_pipeline_dict(raw, tmp_path)
+    metrics = stages["prune"]["metrics"]
+    assert stages["prune"]["inputs"]["student"]["stage"] == "distill"
+    assert stages["export"]["inputs"]["student"]["stage"] == "prune"
+    assert metrics["macs_kept"] <= 0.55 and metrics["params_kept"] < 0.9
+    assert metrics["macs"] == metrics["after_prune"]["macs"] < metrics["before"]["macs"]
+    assert metrics["latency_ms"]["pruned"]["p50"] > 0 and metrics["onnxruntime_speedup"] > 0
+    pruned_model, spec, _ = load_model(
+        tmp_path / "run" / stages["prune"]["artifacts"]["model"]["path"]
+    )
+    assert spec.pruned
+    assert count_macs_params(pruned_model, torch.randn(1, 1, 16, 16))[0] == metrics["macs"]
+    session = onnx_session(tmp_path / "run" / stages["export"]["artifacts"]["onnx"]["path"])
+    x = torch.randn(2, 1, 16, 16)
+    out = session.run(None, {"input": x.numpy()})[0]
+    assert np.abs(out - pruned_model.eval()(x).detach().numpy()).max() < 1e-4  # the pruned model
+
+    out, again = run_pipeline_dict(raw, tmp_path)
+    assert all(again[name]["finished_at"] == stages[name]["finished_at"] for name in stages)
