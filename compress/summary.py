@@ -2,64 +2,30 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from rich.table import Table
 
 from compress.manifest import Manifest
+from compress.report.rows import model_rows as report_rows
 
 COLUMNS = ("model", "top1", "params", "size", "batch", "p50 ms", "p99 ms", "img/s")
-BACKEND_LABELS = {
-    "onnxruntime": "{onnx} ONNX, onnxruntime",
-    "onnxruntime-fp32": "{onnx} FP32 twin ONNX, onnxruntime",
-    "torch": "student, PyTorch eager",
-    "teacher_torch": "teacher, PyTorch eager",
-}
 
 
 def model_rows(manifest: Manifest) -> list[dict[str, str]]:
-    """One row per model (and per batch size where latency was measured), formatted."""
+    """The report's model rows (every model file, each timed runtime), formatted; one line per
+    batch size where latency was measured."""
     rows: list[dict[str, str]] = []
-    stages = manifest.stages
-    for name, entry in stages.items():
-        if entry.get("status") != "done":
-            continue
-        metrics = entry.get("metrics", {})
-        if "model" in entry.get("artifacts", {}) and "top1" in metrics:  # every trained model
-            rows.append({"model": f"{name}, PyTorch", "top1": _pct(metrics.get("top1")),
-                         "params": _millions(metrics.get("params")),
-                         "size": _mb(_bytes(entry, "model"))})  # fmt: skip
-        if entry["type"] == "bench":
-            rows.extend(_bench_rows(entry, stages))
-    return rows
-
-
-def _bench_rows(entry: dict[str, Any], stages: dict[str, Any]) -> list[dict[str, str]]:
-    metrics = entry.get("metrics", {})
-    onnx_stage = entry["inputs"]["onnx"]["stage"]
-    rows = []
-    for backend, per_batch in metrics.get("latency_ms", {}).items():
-        head = {"model": BACKEND_LABELS.get(backend, backend).format(onnx=onnx_stage)}
-        if backend == "onnxruntime":
-            head["top1"] = _pct(metrics.get("top1"))
-            head["size"] = _mb(_bytes(stages.get(onnx_stage, {}), "onnx"))
-        if backend == "onnxruntime-fp32":
-            head["top1"] = _pct(metrics.get("fp32_onnx_top1"))
-            head["size"] = _mb(_bytes(stages.get(onnx_stage, {}), "onnx_fp32"))
-        for bs, stats in per_batch.items():
-            timing = {
-                "batch": bs,
-                "p50 ms": f"{stats['p50']:.3f}",
-                "p99 ms": f"{stats['p99']:.3f}",
-                "img/s": f"{stats['throughput']:,.0f}",
-            }
-            rows.append({**head, **timing})
+    for row in report_rows(manifest):
+        runtime = "" if row.runtime is None else f", {row.runtime_name}"
+        head = {"model": row.name + runtime, "top1": _pct(row.top1),
+                "params": _millions(row.params), "size": _mb(row.bytes)}  # fmt: skip
+        if not row.latency:
+            rows.append(head)
+        for bs, stats in row.latency.items():
+            rows.append({**head, "batch": bs, "p50 ms": f"{stats['p50']:.3f}",
+                         "p99 ms": f"{stats['p99']:.3f}",
+                         "img/s": f"{stats['throughput']:,.0f}"})  # fmt: skip
             head = {}
     return rows
-
-
-def _bytes(entry: dict[str, Any], artifact: str) -> int | None:
-    return entry.get("artifacts", {}).get(artifact, {}).get("bytes")
 
 
 def _pct(value: float | None) -> str:

@@ -56,7 +56,8 @@ def test_int8_pipeline_ships_int8_beside_fp32_and_measures_both(tmp_path: Path, 
     assert {"onnxruntime", "onnxruntime-fp32"} <= set(bench["latency_ms"])
     assert bench["top1_delta_vs_fp32"] == pytest.approx(bench["top1"] - bench["fp32_onnx_top1"])
     summary = (tmp_path / "run" / "summary.md").read_text()
-    assert "qat, PyTorch" in summary and "FP32 twin ONNX" in summary
+    assert "qat mobilenet_v2 (PyTorch INT8)" in summary
+    assert "export mobilenet_v2 (ONNX FP32), onnxruntime" in summary
 
 
 @pytest.mark.skipif(
