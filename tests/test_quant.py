@@ -16,6 +16,7 @@ from torch import nn
 from compress.errors import CompressError
 from compress.export.kernels import integer_summary, runtime_ops
 from compress.export.onnx import export_onnx, onnx_session
+from compress.export.qdq import int8_graph_passes
 from compress.models import ModelSpec, build_model, load_model, save_model
 from compress.quant.fakequant import ActQuant, QConv2d, QLinear
 from compress.quant.prepare import QuantSpec, calibrate, freeze_for_export, quantize_model
@@ -31,6 +32,8 @@ def trained_bn(spec: ModelSpec) -> nn.Module:
         if isinstance(m, nn.BatchNorm2d):
             nn.init.uniform_(m.weight, 0.5, 1.5)
             nn.init.uniform_(m.bias, -0.2, 0.2)
+        if isinstance(m, nn.Linear):  # a trained classifier's bias is not zero
+            nn.init.uniform_(m.bias, -0.5, 0.5)
     model.train()
     with torch.no_grad():
         for _ in range(3):
@@ -55,9 +58,10 @@ def int8_case(request, tmp_path_factory) -> tuple[str, nn.Module, nn.Module, Pat
     return request.param, float_model, quantized, path
 
 
-def exported(model: nn.Module, path: Path) -> Path:
+def exported(model: nn.Module, path: Path, target: str = "onnxruntime") -> Path:
     export_onnx(freeze_for_export(model), path, input_shape=SHAPE, opset=18,
-                dynamic_batch=True, metadata={})  # fmt: skip
+                dynamic_batch=True, metadata={},
+                graph_passes=int8_graph_passes({"target": target}))  # fmt: skip
     return path
 
 
@@ -119,7 +123,7 @@ def test_onnxruntime_runs_integer_kernels_for_every_conv_and_add(int8_case):
 
 def test_tensorrt_target_is_symmetric_int8_throughout(tmp_path):
     _, quantized = calibrated("mobilenet_v2", QuantSpec(target="tensorrt", reduce_range=False))
-    graph = onnx.load(str(exported(quantized, tmp_path / "trt.onnx"))).graph
+    graph = onnx.load(str(exported(quantized, tmp_path / "trt.onnx", "tensorrt"))).graph
     constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     for node in graph.node:
         if node.op_type == "Constant":

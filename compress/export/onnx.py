@@ -12,7 +12,7 @@ import io
 import json
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +33,10 @@ def export_onnx(
     opset: int,
     dynamic_batch: bool,
     metadata: dict[str, Any],
+    graph_passes: Sequence[Callable[[Any], Any]] = (),
 ) -> None:
-    """Export ``model`` (eval mode, CPU) to ``path`` atomically and check it with onnx.checker."""
+    """Export ``model`` (eval mode, CPU) to ``path`` atomically and check it with onnx.checker;
+    ``graph_passes`` edit the ONNX model in place before the check (see compress.export.qdq)."""
     import onnx
 
     model = model.eval().cpu().to(memory_format=torch.contiguous_format)
@@ -59,6 +61,8 @@ def export_onnx(
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
         proto.producer_name = "compress"
+        for graph_pass in graph_passes:
+            graph_pass(proto)
         onnx.checker.check_model(proto, full_check=True)
         onnx.save_model(proto, str(tmp))
 

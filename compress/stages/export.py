@@ -18,6 +18,7 @@ from pydantic import Field, field_validator
 from compress.errors import CompressError
 from compress.export.kernels import integer_summary, runtime_ops
 from compress.export.onnx import export_onnx, onnx_logits, onnx_session
+from compress.export.qdq import int8_graph_passes
 from compress.export.tensorrt import EngineProfile, build_engine, import_tensorrt
 from compress.io import write_json
 from compress.models import ModelSpec, load_model
@@ -114,7 +115,8 @@ def _export_checked(
     p = data.preprocess
     exported = freeze_for_export(model) if spec.quant is not None else model
     export_onnx(exported, path, input_shape=(p.channels, p.size, p.size), opset=cfg.opset,
-                dynamic_batch=cfg.dynamic_batch, metadata=metadata)  # fmt: skip
+                dynamic_batch=cfg.dynamic_batch, metadata=metadata,
+                graph_passes=int8_graph_passes(spec.quant))  # fmt: skip
     metrics = _parity(model, path, cfg, ctx)
     metrics["bytes"] = path.stat().st_size
     if spec.quant is not None:
