@@ -117,6 +117,8 @@ def test_onnxruntime_runs_integer_kernels_for_every_conv_and_add(int8_case):
     assert ops.get("QLinearAdd", 0) > 0, ops
     if arch == "mobilenet_v2":  # the student: its classifier runs integer too
         assert ops.get("QGemm") == 1, ops
+        used = {name for node in onnx.load(str(path)).graph.node for name in node.input}
+        assert {t.name for t in onnx.load(str(path)).graph.initializer} <= used  # no float bias
         assert integer_summary(ops) == {"integer_ops": convs + ops["QLinearAdd"] + 1,
                                         "float_compute_ops": 0}  # fmt: skip
 

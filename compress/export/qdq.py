@@ -51,7 +51,9 @@ def quantize_gemm_biases(model: Any) -> int:
         dq = helper.make_node("DequantizeLinear", [f"{name}_int32", f"{name}_scale"],
                               [f"{name}_dq"], name=f"{name}_dq", **attrs)  # fmt: skip
         graph.node.insert(position + rewritten, dq)  # before the Gemm: stays topologically sorted
-        node.input[2] = f"{name}_dq"
+        float_bias, node.input[2] = node.input[2], f"{name}_dq"
+        if not any(float_bias in n.input for n in graph.node):  # else onnxruntime warns of it
+            graph.initializer.remove(initializers[float_bias])
         rewritten += 1
     return rewritten
 
