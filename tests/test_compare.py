@@ -87,6 +87,7 @@ def test_teacher_table_pairs_each_teacher_with_its_students(tmp_path: Path, monk
     assert [(r["teacher"], r["arch"], r["teacher_top1"]) for r in rows] == [
         ("resnet18", "resnet18", 0.90), ("resnet34", "resnet34", 0.92)]  # fmt: skip
     assert [r["top1_mean"] for r in rows] == pytest.approx([85.5, 86.5])
+    assert [r["gain_vs_baseline"] for r in rows] == pytest.approx([5.0, 6.0])
     assert [r["method"] for r in methods_table(manifest)] == ["teacher", "kd", "baseline"]
     written = {p.name for p in write_compare_report(manifest)}
     assert {"teachers.md", "teachers.csv", "teachers.png"} <= written

@@ -113,9 +113,11 @@ def sweep_table(manifest: Manifest, key: str, dataset: str | None = None) -> lis
 
 
 def teacher_table(manifest: Manifest, dataset: str | None = None) -> list[dict[str, Any]]:
-    """Student accuracy per teacher of the teacher-size sweep, smallest teacher first."""
+    """Student accuracy per teacher of the teacher-size sweep, smallest teacher first, with its
+    gain over the baseline cells (the student trained alone)."""
     _, cells = cell_results(manifest, dataset)
     config = manifest.data["pipeline"]["config"]["stages"]
+    baseline = _summary(cells["baseline"])[0] if "baseline" in cells else None
     rows = []
     for label, records in cells.items():
         if not label.startswith(TEACHER_SWEEP):
@@ -126,7 +128,9 @@ def teacher_table(manifest: Manifest, dataset: str | None = None) -> list[dict[s
         rows.append({"teacher": label[len(TEACHER_SWEEP) :],
                      "arch": config[records[0]["teacher"]]["model"]["arch"],
                      "teacher_params": metrics.get("params"), "teacher_top1": metrics.get("top1"),
-                     "top1_mean": mean, "top1_std": std, "seeds": n})  # fmt: skip
+                     "top1_mean": mean, "top1_std": std, "seeds": n,
+                     "gain_vs_baseline": None if baseline is None else mean - baseline,
+                     })  # fmt: skip
     rows.sort(key=lambda r: r["teacher_params"] or 0)
     return rows
 
