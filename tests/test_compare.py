@@ -21,6 +21,11 @@ def grid_pipeline(**grid):
     return raw
 
 
+def done(stage_type: str, top1: float, params: int) -> dict:
+    """A finished manifest entry with the metrics the comparison tables read."""
+    return {"type": stage_type, "status": "done", "metrics": {"top1": top1, "params": params}}
+
+
 def test_grid_expands_into_one_stage_per_cell_sharing_the_teacher():
     pipeline = parse_pipeline(grid_pipeline(temperatures=[2.0], alphas=[0.9]))
     names = [n for n, _ in pipeline.stage_items()]
@@ -72,16 +77,12 @@ def test_teacher_table_pairs_each_teacher_with_its_students(tmp_path: Path, monk
     monkeypatch.setattr(report, "teacher_entropy", lambda m, ts, d=None: {t: 1.0 for t in ts})
     raw = grid_pipeline(teachers=["resnet18", "resnet34"])
     config = parse_pipeline(raw).model_dump(mode="json")
-    stages = {"teacher": {"type": "teacher", "status": "done",
-                          "metrics": {"top1": 0.90, "params": 11_000_000}},
-              "teacher-resnet34": {"type": "teacher", "status": "done",
-                                   "metrics": {"top1": 0.92, "params": 21_000_000}}}  # fmt: skip
+    stages = {"teacher": done("teacher", 0.90, 11_000_000),
+              "teacher-resnet34": done("teacher", 0.92, 21_000_000)}  # fmt: skip
     accuracies = {"baseline": 0.80, "kd": 0.85, "teacher-resnet18": 0.85, "teacher-resnet34": 0.86}
     for label, top1 in accuracies.items():
         for seed in (0, 1):
-            stages[f"distill-{label}-s{seed}"] = {
-                "type": "distill", "status": "done",
-                "metrics": {"top1": top1 + seed / 100, "params": 2}}  # fmt: skip
+            stages[f"distill-{label}-s{seed}"] = done("distill", top1 + seed / 100, 2)
     manifest = Manifest(tmp_path, {"pipeline": {"config": config}, "stages": stages})
     rows = report.teacher_table(manifest)
     assert [(r["teacher"], r["arch"], r["teacher_top1"]) for r in rows] == [
@@ -102,16 +103,10 @@ def fake_manifest(tmp_path: Path) -> Manifest:
         "T2": (0.83, 0.83),
         "a0.9": (0.81, 0.83),
     }
-    stages = {"teacher": {"type": "teacher", "status": "done",
-                          "metrics": {"top1": 0.90, "params": 21_000_000}}}  # fmt: skip
+    stages = {"teacher": done("teacher", 0.90, 21_000_000)}
     for label, values in accuracies.items():
         for seed, top1 in enumerate(values):
-            metrics = {"top1": top1, "params": 2_000_000}
-            stages[f"distill-{label}-s{seed}"] = {
-                "type": "distill",
-                "status": "done",
-                "metrics": metrics,
-            }
+            stages[f"distill-{label}-s{seed}"] = done("distill", top1, 2_000_000)
     return Manifest(tmp_path, {"pipeline": {"config": config}, "stages": stages})
 
 
@@ -185,13 +180,12 @@ def test_report_writes_one_table_per_dataset(tmp_path: Path, monkeypatch):
                   "fmnist-small": {"baseline": 0.70, "kd": 0.60}}  # fmt: skip
     stages = {}
     for dataset, by_method in accuracies.items():
-        stages[f"{dataset}.teacher"] = {"type": "teacher", "status": "done",
-                                        "metrics": {"top1": 0.9, "params": 1}}  # fmt: skip
+        stages[f"{dataset}.teacher"] = done("teacher", 0.9, 1)
         for method, top1 in by_method.items():
             for seed in (0, 1):
-                stages[f"{dataset}.distill-{method}-s{seed}"] = {
-                    "type": "distill", "status": "done",
-                    "metrics": {"top1": top1 + seed / 100, "params": 2}}  # fmt: skip
+                stages[f"{dataset}.distill-{method}-s{seed}"] = done(
+                    "distill", top1 + seed / 100, 2
+                )
     manifest = Manifest(tmp_path, {"pipeline": {"config": config}, "stages": stages})
     assert [r["method"] for r in methods_table(manifest, "fmnist-small")] == [
         "teacher", "baseline", "kd"]  # fmt: skip
