@@ -10,6 +10,7 @@ identical numbers, and the teacher's forward pass (the dearest part on a CPU) is
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -17,18 +18,38 @@ from torch import nn
 
 from compress import distributed
 from compress.config.base import TrainConfig
+from compress.data.module import DataModule
 from compress.distill.base import METHODS, DistillLoss, Features, FeatureShapes
 from compress.distill.config import DistillSettings
 from compress.distill.features import probe_shapes, tapped
 from compress.io import load_torch, save_torch, sha256_json
 from compress.models import load_model
-from compress.stages.base import StageContext, StageInput
-from compress.stages.common import checkpoint_path
 from compress.train.evaluate import predict
 from compress.train.loop import FitResult, fit
 from compress.ui import console
 
 TeacherLogits = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class TeacherFile:
+    """A teacher's model file and its checksum (the key of its cached logits)."""
+
+    path: Path
+    sha256: str
+
+
+@dataclass(frozen=True)
+class DistillRun:
+    """Where one distillation writes: its checkpoint (for resuming), logs and the cache of
+    teacher logits shared by the runs of one directory; ``fingerprint`` ties a checkpoint to
+    the config that wrote it."""
+
+    device: torch.device
+    checkpoint: Path
+    fingerprint: str
+    tensorboard_dir: Path | None
+    cache_dir: Path
 
 
 def build_loss(
@@ -41,27 +62,30 @@ def distill_student(
     student: nn.Module,
     settings: DistillSettings,
     train: TrainConfig,
-    ctx: StageContext,
+    data: DataModule,
+    teacher_files: list[TeacherFile],
+    where: DistillRun,
     label: str,
     seed: int | None = None,
 ) -> FitResult:
-    """Train ``student`` in place from the stage's teacher input with ``settings.method``."""
-    data = ctx.data()
-    student.to(ctx.device).to(memory_format=torch.channels_last)
+    """Train ``student`` in place from the teachers in ``teacher_files`` with
+    ``settings.method`` (the first teacher is the one feature methods tap)."""
+    device = where.device
+    student.to(device).to(memory_format=torch.channels_last)
     uses_teacher = settings.uses_teacher()
-    teachers = [load_teacher(s, ctx.device) for s in teacher_inputs(ctx)] if uses_teacher else []
+    teachers = [load_teacher(t.path, device) for t in teacher_files] if uses_teacher else []
     teacher = teachers[0] if teachers else None  # feature methods tap this one
     student_layers, teacher_layers = settings.layers()
-    example = next(data.eval_batches(data.test, 2))[0].to(ctx.device)
+    example = next(data.eval_batches(data.test, 2))[0].to(device)
     shapes = FeatureShapes(
         probe_shapes(student, student_layers, example, "the student"),
         probe_shapes(teacher, teacher_layers, example, "the teacher") if teacher else {},
     )
-    loss_fn = build_loss(settings, shapes, student).to(ctx.device)
+    loss_fn = build_loss(settings, shapes, student).to(device)
     loss_fn.plan(train.epochs * data.steps_per_epoch(train.batch_size or data.cfg.batch_size))
     cache = teacher is not None and not teacher_layers
     cache = cache and train.augment == "none" and settings.cache_teacher
-    teacher_logits_for = teacher_source(teachers, ctx, cached=cache)
+    teacher_logits_for = teacher_source(teachers, teacher_files, data, where, cached=cache)
     unlabeled_batch = 0
     if data.unlabeled is not None:
         if teacher is None:
@@ -90,13 +114,13 @@ def distill_student(
             step_loss,
             data,
             train,
-            device=ctx.device,
-            checkpoint=checkpoint_path(ctx),
-            fingerprint=ctx.fingerprint,
+            device=device,
+            checkpoint=where.checkpoint,
+            fingerprint=where.fingerprint,
             label=label,
             augment=train.augment,
             companion=loss_fn,
-            tensorboard_dir=ctx.stage_dir / "tensorboard",
+            tensorboard_dir=where.tensorboard_dir,
             seed=seed,
             unlabeled_batch=unlabeled_batch,
         )
@@ -104,14 +128,8 @@ def distill_student(
     return result
 
 
-def teacher_inputs(ctx: StageContext) -> list[StageInput]:
-    """The stage's teacher input, then any further ``teachers`` (keys teacher.2, teacher.3...)."""
-    keys = ["teacher"] + [f"teacher.{i}" for i in range(2, len(ctx.inputs) + 2)]
-    return [ctx.inputs[k] for k in keys if k in ctx.inputs]
-
-
-def load_teacher(source: StageInput, device: torch.device) -> nn.Module:
-    teacher, _, _ = load_model(source.path())
+def load_teacher(path: Path, device: torch.device) -> nn.Module:
+    teacher, _, _ = load_model(path)
     teacher.to(device).to(memory_format=torch.channels_last).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -119,7 +137,11 @@ def load_teacher(source: StageInput, device: torch.device) -> nn.Module:
 
 
 def teacher_source(
-    teachers: list[nn.Module], ctx: StageContext, cached: bool
+    teachers: list[nn.Module],
+    files: list[TeacherFile],
+    data: DataModule,
+    where: DistillRun,
+    cached: bool,
 ) -> TeacherLogits | None:
     """(x, rows) -> teacher logits: a live forward pass, or rows of the cached logits.
 
@@ -135,38 +157,37 @@ def teacher_source(
             return outputs[0] if len(outputs) == 1 else torch.stack(outputs)
 
         return live
-    sources = teacher_inputs(ctx)
-    stored = [_cached_logits(t, s, ctx) for t, s in zip(teachers, sources, strict=True)]
+    stored = [_cached_logits(t, f, data, where) for t, f in zip(teachers, files, strict=True)]
     logits = stored[0] if len(stored) == 1 else torch.stack(stored)
     return lambda x, rows: logits[..., rows, :].to(x.device)
 
 
-def _cached_logits(teacher: nn.Module, source: StageInput, ctx: StageContext) -> torch.Tensor:
+def _cached_logits(
+    teacher: nn.Module, source: TeacherFile, data: DataModule, where: DistillRun
+) -> torch.Tensor:
     """Teacher logits of the training split, then of ``data.unlabeled`` (rows len(train) + i),
     shared by stages through the run's cache folder."""
     split_keys = {"dataset", "root", "image_size", "channels", "mean", "std", "train_subset",
                   "val_split", "unlabeled"}  # fmt: skip
-    data_cfg = ctx.data_cfg().model_dump(mode="json", include=split_keys)
-    key = sha256_json({"teacher": source.entry["artifacts"]["model"]["sha256"],
-                       "data": data_cfg, "seed": ctx.pipeline.seed})  # fmt: skip
-    path = ctx.run_dir / "cache" / f"teacher_logits-{key[:16]}.pt"
+    data_cfg = data.cfg.model_dump(mode="json", include=split_keys)
+    key = sha256_json({"teacher": source.sha256, "data": data_cfg, "seed": data.seed})
+    path = where.cache_dir / f"teacher_logits-{key[:16]}.pt"
     with distributed.main_first():  # rank 0 computes and saves, the others load its file
-        return _load_or_compute_logits(teacher, ctx, path, key)
+        return _load_or_compute_logits(teacher, data, where.device, path, key)
 
 
 def _load_or_compute_logits(
-    teacher: nn.Module, ctx: StageContext, path: Path, key: str
+    teacher: nn.Module, data: DataModule, device: torch.device, path: Path, key: str
 ) -> torch.Tensor:
     if path.exists():
         stored = load_torch(path)
         if stored.get("key") == key:
             console.print(f"  reusing cached teacher logits ({path.name})")
             return stored["logits"]
-    data = ctx.data()
     splits = [data.train] + ([data.unlabeled] if data.unlabeled is not None else [])
     images = sum(len(split) for split in splits)
     console.print(f"  computing teacher logits once for {images:,} training images")
-    logits = torch.cat([predict(teacher, data, split, ctx.device) for split in splits])
+    logits = torch.cat([predict(teacher, data, split, device) for split in splits])
     if distributed.is_main():
         save_torch({"key": key, "logits": logits}, path)
     return logits

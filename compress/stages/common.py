@@ -8,13 +8,16 @@ from typing import Any
 from torch import nn
 
 from compress import distributed
-from compress.config.base import ModelConfig
+from compress.config.base import ModelConfig, TrainConfig
 from compress.data.module import DataModule
+from compress.distill.config import DistillSettings
+from compress.distill.train import DistillRun, TeacherFile, distill_student
 from compress.io import write_json
 from compress.models import ModelSpec, count_params, save_model
 from compress.models.registry import resolve_stem
-from compress.stages.base import StageContext, StageResult
+from compress.stages.base import StageContext, StageInput, StageResult
 from compress.train.evaluate import evaluate
+from compress.train.loop import FitResult
 
 
 def model_spec(cfg: ModelConfig, data: DataModule) -> ModelSpec:
@@ -66,3 +69,31 @@ def finish_model(
 
 def checkpoint_path(ctx: StageContext) -> Path:
     return ctx.stage_dir / "checkpoint.pt"
+
+
+def teacher_inputs(ctx: StageContext) -> list[StageInput]:
+    """The stage's teacher input, then any further ``teachers`` (keys teacher.2, teacher.3...)."""
+    keys = ["teacher"] + [f"teacher.{i}" for i in range(2, len(ctx.inputs) + 2)]
+    return [ctx.inputs[k] for k in keys if k in ctx.inputs]
+
+
+def distill_in_stage(
+    student: nn.Module,
+    settings: DistillSettings,
+    train: TrainConfig,
+    ctx: StageContext,
+    label: str,
+    seed: int | None = None,
+) -> FitResult:
+    """``distill_student`` from the stage's teacher inputs, writing in the stage's folder."""
+    teachers = [
+        TeacherFile(t.path(), t.entry["artifacts"]["model"]["sha256"]) for t in teacher_inputs(ctx)
+    ]
+    where = DistillRun(
+        device=ctx.device,
+        checkpoint=checkpoint_path(ctx),
+        fingerprint=ctx.fingerprint,
+        tensorboard_dir=ctx.stage_dir / "tensorboard",
+        cache_dir=ctx.run_dir / "cache",
+    )
+    return distill_student(student, settings, train, ctx.data(), teachers, where, label, seed)

@@ -15,10 +15,9 @@ from pydantic import Field, model_validator
 
 from compress.config.base import ModelConfig, TrainConfig
 from compress.distill.config import DistillSettings
-from compress.distill.train import distill_student, teacher_inputs
 from compress.models import build_model
 from compress.stages.base import STAGES, StageConfig, StageContext, StageResult, StageSpec
-from compress.stages.common import finish_model, model_spec
+from compress.stages.common import distill_in_stage, finish_model, model_spec, teacher_inputs
 from compress.train.evaluate import evaluate
 
 
@@ -59,7 +58,7 @@ def run(cfg: DistillConfig, ctx: StageContext) -> StageResult:
         torch.manual_seed(cfg.seed)
     student = build_model(spec)
     label = f"{ctx.name} {spec.arch} ({cfg.method_name()})"
-    result = distill_student(student, cfg, cfg, ctx, label, seed=cfg.seed)
+    result = distill_in_stage(student, cfg, cfg, ctx, label, seed=cfg.seed)
     extra: dict = {"method": cfg.method_name(), "seed": cfg.seed}
     peers = getattr(result.companion, "peers", None)
     if peers:  # mutual learning: report the students trained alongside

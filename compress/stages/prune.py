@@ -21,12 +21,11 @@ from compress import distributed
 from compress.bench.sidebyside import onnx_side_by_side
 from compress.config.base import TrainConfig
 from compress.distill.config import DistillSettings
-from compress.distill.train import distill_student
 from compress.export.onnx import export_onnx
 from compress.models import load_model
 from compress.prune.structured import IMPORTANCE_NAMES, PruneTarget, count_macs_params, prune
 from compress.stages.base import STAGES, StageConfig, StageContext, StageResult, StageSpec
-from compress.stages.common import finish_model
+from compress.stages.common import distill_in_stage, finish_model
 from compress.train.evaluate import evaluate
 from compress.ui import console
 
@@ -94,7 +93,7 @@ def run(cfg: PruneConfig, ctx: StageContext) -> StageResult:
         f"{after_prune['params'] / before['params']:.2f} of params in {len(history)} steps; "
         f"top1 {before['top1']:.4f} -> {after_prune['top1']:.4f} before fine-tuning"
     )
-    fit = distill_student(model, cfg, cfg, ctx, f"{ctx.name} fine-tune ({cfg.method_name()})")
+    fit = distill_in_stage(model, cfg, cfg, ctx, f"{ctx.name} fine-tune ({cfg.method_name()})")
     # timed on rank 0 alone (the others wait here) so processes do not share the cores
     latency = distributed.broadcast(
         _side_by_side(unpruned, model, ctx, cfg.latency_batch_size) if distributed.is_main()

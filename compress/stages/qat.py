@@ -14,10 +14,10 @@ from pydantic import Field, model_validator
 
 from compress.config.base import TrainConfig
 from compress.distill.config import DistillSettings
-from compress.distill.train import distill_student
 from compress.quant.calibration import finish_quantized, quantize_input
 from compress.quant.config import QuantSettings
 from compress.stages.base import STAGES, StageConfig, StageContext, StageResult, StageSpec
+from compress.stages.common import distill_in_stage
 
 
 class QatConfig(QuantSettings, DistillSettings, TrainConfig, StageConfig):
@@ -43,7 +43,7 @@ class QatConfig(QuantSettings, DistillSettings, TrainConfig, StageConfig):
 def run(cfg: QatConfig, ctx: StageContext) -> StageResult:
     model, spec, metrics = quantize_input(cfg, ctx)
     label = f"{ctx.name} INT8 fine-tune ({cfg.method_name()})"
-    fit = distill_student(model, cfg, cfg, ctx, label)
+    fit = distill_in_stage(model, cfg, cfg, ctx, label)
     metrics["method"] = cfg.method_name()
     result = finish_quantized(model, spec, ctx, fit.history, metrics)
     result.metrics["qat_gain_over_ptq"] = result.metrics["top1"] - metrics["ptq_top1"]
