@@ -163,3 +163,53 @@ def test_torchrun_two_cpu_processes_match_one_process(tmp_path: Path):
     assert abs(history_2[-1]["loss"] - history_1[-1]["loss"]) <= 0.2, (history_1, history_2)
     assert metrics_2["test_images"] == 500
     assert not list((tmp_path / "two").rglob("*.tmp*"))  # no half-written files
+
+
+def _kd_worker(rank: int, port: int, root: Path, out: Path) -> None:
+    """Distil a linear student under 2 processes with a linearly annealed KD temperature."""
+    from compress.distill.config import DistillSettings
+    from compress.distill.train import DistillRun, TeacherFile, distill_student
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      LOCAL_RANK=str(rank), WORLD_SIZE="2")  # fmt: skip
+    torch.set_num_threads(1)
+    distributed.setup(torch.device("cpu"))
+    try:
+        data = tiny_data(root, batch_size=6)
+        method = {"name": "kd", "temperature": 8.0, "final_temperature": 2.0,
+                  "temperature_schedule": "linear"}  # fmt: skip
+        settings = DistillSettings(method=method)
+        train = TrainConfig(epochs=2, lr=0.01, augment="none")
+        where = DistillRun(torch.device("cpu"), out.with_suffix(".ckpt"), "fp", None,
+                           out.parent / "cache")  # fmt: skip
+        teacher = TeacherFile(out.parent / "teacher.pt", "sha-of-teacher")
+        result = distill_student(linear_model(), settings, train, data, [teacher], where, "kd")
+        loss = result.companion
+        steps = int(loss.steps.item())
+        if distributed.is_main():
+            torch.save({"steps": steps, "total_steps": loss.total_steps,
+                        "planned": train.epochs * data.steps_per_epoch(6, world=2),
+                        "last_temperature": loss.params.temperature_at(steps - 1,
+                                                                       loss.total_steps)},
+                       out)  # fmt: skip
+        distributed.barrier()
+    finally:
+        distributed.shutdown()
+
+
+def test_kd_temperature_anneals_over_the_whole_run_under_two_processes(
+    fake_fashion: Path, tmp_path: Path
+):
+    """Each process takes ``epochs x steps_per_epoch(batch, world)`` steps; the schedule must be
+    planned over those (it once counted one process's steps with the global data: 1/N of it)."""
+    from compress.models import ModelSpec, build_model, save_model
+
+    spec = ModelSpec("mobilenet_v2", num_classes=10, in_channels=1, width_mult=0.25, stem="cifar")
+    save_model(build_model(spec), spec, tmp_path / "teacher.pt", {})
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_kd_worker, args=(port, fake_fashion, tmp_path / "kd.pt"), nprocs=2)
+    result = torch.load(tmp_path / "kd.pt")
+    assert result["steps"] == result["planned"] == result["total_steps"]
+    assert result["last_temperature"] == pytest.approx(2.0)

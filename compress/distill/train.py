@@ -82,7 +82,9 @@ def distill_student(
         probe_shapes(teacher, teacher_layers, example, "the teacher") if teacher else {},
     )
     loss_fn = build_loss(settings, shapes, student).to(device)
-    loss_fn.plan(train.epochs * data.steps_per_epoch(train.batch_size or data.cfg.batch_size))
+    # every process takes this many steps (each trains on its slice of a global batch)
+    batch_size = train.batch_size or data.cfg.batch_size
+    loss_fn.plan(train.epochs * data.steps_per_epoch(batch_size, distributed.world_size()))
     cache = teacher is not None and not teacher_layers
     cache = cache and train.augment == "none" and settings.cache_teacher
     teacher_logits_for = teacher_source(teachers, teacher_files, data, where, cached=cache)
