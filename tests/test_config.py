@@ -192,7 +192,7 @@ def test_validate_cli_rejects_a_stage_named_like_a_path(tmp_path: Path, cli):
     raw = tiny_pipeline()
     raw["../x"] = {"type": "export"}
     path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump(raw))
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
     done = cli("validate", str(path))
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stdout.strip().startswith("error: pipeline: stage name '../x'")
@@ -236,3 +236,20 @@ def test_a_width_multiplier_on_a_fixed_width_resnet_is_one_line():
     raw = tiny_pipeline()
     raw["teacher"]["model"] = {"arch": "resnet18", "width_mult": 0.25}
     assert "resnet18 has a fixed width: width_mult must be 1.0" in error_of(raw)
+
+
+def test_best_val_without_a_validation_split_is_one_line(tmp_path: Path, cli):
+    """It once silently kept the last epoch; now it is refused before any compute."""
+    raw = tiny_pipeline()
+    raw["distill"]["select"] = "best_val"
+    message = error_of(raw)
+    assert message.endswith(
+        "distill.select: best_val needs a validation split: set data.val_split > 0 "
+        "(e.g. 0.1), or select: last"
+    )
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    result = cli("validate", str(path))
+    assert result.returncode == 2
+    assert result.stdout.strip().splitlines() == [f"error: {message}"]
+    assert parse_pipeline(raw, ["data.val_split=0.1"])  # with a split it validates

@@ -94,6 +94,18 @@ class PipelineSettings(StrictModel):
         return self
 
     @model_validator(mode="after")
+    def _check_best_val_has_a_split(self) -> PipelineSettings:
+        """``select: best_val`` picks an epoch on the validation split: there must be one."""
+        for name, cfg in self.stage_items():
+            data = cfg.data or self.data
+            if getattr(cfg, "select", None) == "best_val" and data.val_split == 0:
+                raise ValueError(
+                    f"{name}.select: best_val needs a validation split: set data.val_split > 0 "
+                    "(e.g. 0.1), or select: last"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _check_stage_inputs(self) -> PipelineSettings:
         from compress.stages import STAGES
 
