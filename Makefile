@@ -37,6 +37,7 @@ run: setup data
 lint: setup
 	$(BIN)/ruff check compress tests benchmarks
 	$(BIN)/ruff format --check compress tests benchmarks
+	$(BIN)/lint-imports  # the layers contract in pyproject.toml: imports point one way
 	$(BIN)/hadolint docker/Dockerfile.cpu docker/Dockerfile.gpu
 
 test: setup data lint

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from compress.errors import CompressError
 
@@ -125,8 +126,6 @@ def wrap(module: nn.Module, device: torch.device, find_unused: bool = False) -> 
     parameters; itself otherwise. Parameters are broadcast from rank 0 here."""
     if world_size() == 1 or not any(p.requires_grad for p in module.parameters()):
         return module
-    from torch.nn.parallel import DistributedDataParallel
-
     ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=find_unused)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import platform
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,6 @@ MANIFEST = "manifest.json"
 
 
 def library_versions() -> dict[str, str]:
-    from importlib import metadata
-
     versions = {"python": platform.python_version()}
     for package in ("compress", "torch", "torchvision", "onnx", "onnxruntime", "numpy"):
         try:

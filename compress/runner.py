@@ -81,14 +81,13 @@ def run_pipeline(
             distributed.barrier()  # the others start after rank 0 has cleared the stage
             ctx = StageContext(
                 name,
-                pipeline,
                 run_dir,
                 stage_dir,
                 inputs,
                 fingerprint,
                 device,
-                manifest.data,
-                data_config=cfg.data,
+                data_config=cfg.data or pipeline.data,
+                seed=pipeline.seed,
             )
             started = time.perf_counter()
             # each stage starts from its own seed, so skipping or resuming earlier stages
@@ -142,15 +141,17 @@ def inside(run_dir: Path, relative: str) -> Path:
 def stage_fingerprint(pipeline: PipelineSettings, cfg: Any, inputs: dict[str, StageInput]) -> str:
     data_cfg = cfg.data or pipeline.data
     data = data_cfg.model_dump(mode="json", exclude=set(HASH_EXCLUDED_DATA_KEYS))
-    return sha256_json(
-        {
-            "stage": cfg.model_dump(mode="json", exclude={"data"}),  # data: the effective block
-            "data": data,
-            "seed": pipeline.seed,
-            "deterministic": pipeline.deterministic,
-            "inputs": {k: v.entry["artifacts"] for k, v in sorted(inputs.items())},
-        }
-    )
+    fingerprint: dict[str, Any] = {
+        "stage": cfg.model_dump(mode="json", exclude={"data"}),  # data: the effective block
+        "data": data,
+        "seed": pipeline.seed,
+        "deterministic": pipeline.deterministic,
+        "inputs": {k: v.entry["artifacts"] for k, v in sorted(inputs.items())},
+    }
+    version = STAGES.get(cfg.type).version
+    if version != 1:  # version 1 adds nothing, so existing run directories stay unchanged
+        fingerprint["version"] = version
+    return sha256_json(fingerprint)
 
 
 def configure_torch(pipeline: PipelineSettings) -> torch.device:

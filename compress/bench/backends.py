@@ -22,7 +22,7 @@ import torch
 from compress.bench.timing import TimingPlan, time_calls, time_cuda_calls
 from compress.errors import CompressError
 from compress.export.tensorrt import ENGINE_SUFFIXES
-from compress.registry import Registry
+from compress.registry import BACKENDS
 
 Device = Literal["cpu", "cuda"]
 Dtype = Literal["fp32", "fp16", "bf16"]
@@ -55,7 +55,7 @@ class Runner:
         return timer(lambda: self.call(x), plan)
 
 
-BACKENDS: Registry[Callable[[Path, BackendOptions], Runner]] = Registry("bench backend")
+# BACKENDS: name -> build(path, options) -> Runner
 
 
 def load_runner(backend: str, path: Path, options: BackendOptions) -> Runner:

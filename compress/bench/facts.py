@@ -22,7 +22,12 @@ import math
 from pathlib import Path
 from typing import Any
 
+import onnx
+import torch
+from torch import nn
+
 from compress.export.tensorrt import ENGINE_SUFFIXES
+from compress.models import count_params, load_model
 
 CONV_OPS = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3}  # op -> index of the weight input
 MATMUL_OPS = {"Gemm": 1, "MatMul": 1, "MatMulInteger": 1, "QLinearMatMul": 3}
@@ -34,13 +39,9 @@ def model_facts(path: Path) -> dict[str, Any]:
     if path.suffix in ENGINE_SUFFIXES:  # a compiled engine: no graph to count from
         return {"format": "tensorrt", "params": None, "macs": None, "bytes": path.stat().st_size}
     if path.suffix == ".onnx":
-        import onnx
-
         proto = onnx.load(str(path))
         facts = {"format": "onnx", "params": onnx_params(proto), "macs": onnx_macs(proto)}
     else:
-        from compress.models import count_params, load_model
-
         model, spec, meta = load_model(path)
         height, width = meta.get("preprocess", {}).get("size", [32, 32])
         facts = {
@@ -53,9 +54,6 @@ def model_facts(path: Path) -> dict[str, Any]:
 
 def torch_macs(model: Any, input_chw: tuple[int, int, int]) -> int:
     """MACs of one forward pass on one image, from forward hooks on Conv2d and Linear layers."""
-    import torch
-    from torch import nn
-
     total = 0
 
     def count(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
@@ -82,8 +80,6 @@ def onnx_params(proto: Any) -> int:
 
 
 def onnx_macs(proto: Any) -> int:
-    import onnx
-
     model = onnx.ModelProto()
     model.CopyFrom(proto)
     initializers = {t.name for t in model.graph.initializer}

@@ -5,24 +5,25 @@ preprocessing stored in the file (or the dataset's defaults for a file made else
 from __future__ import annotations
 
 import json
-import os
-import platform
-import shutil
-import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
+import onnxruntime as ort
 from rich.table import Table
 
 from compress.bench.accuracy import agreement, classification_metrics
 from compress.bench.backends import BackendOptions, Runner, default_backend, load_runner
+from compress.bench.environment import environment
 from compress.bench.facts import model_facts
 from compress.bench.timing import TimingPlan, summarize
+from compress.config.base import DataConfig
+from compress.data.module import DataModule
 from compress.errors import CompressError
+from compress.export.onnx import read_metadata
 from compress.export.tensorrt import ENGINE_SUFFIXES
+from compress.models import load_model
 
 LATENCY_KEYS = ("mean", "p50", "p90", "p95", "p99", "p99_9", "max")
 
@@ -46,10 +47,6 @@ def describe_artifact(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CompressError(f"artifact not found: {path}")
     if path.suffix == ".onnx":
-        import onnxruntime as ort
-
-        from compress.export.onnx import read_metadata
-
         try:
             session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         except Exception as exc:
@@ -69,8 +66,6 @@ def describe_artifact(path: Path) -> dict[str, Any]:
         info = json.loads(sidecar.read_text())
         return {"input_name": "input", "shape": info["input_shape"],
                 "preprocess": info.get("preprocess"), "labels": info.get("labels")}  # fmt: skip
-    from compress.models import load_model
-
     _, _, meta = load_model(path)
     pre = meta.get("preprocess")
     if pre is None:
@@ -151,9 +146,6 @@ def _accuracy(
 
 def _test_data(info: dict[str, Any], request: BenchRequest) -> Any:
     """The dataset's test split prepared for this artifact's input (size, channels, mean, std)."""
-    from compress.config.base import DataConfig
-    from compress.data.module import DataModule
-
     pre = info.get("preprocess") or {}
     _, channels, height, _ = info["shape"]
     if channels not in (1, 3):
@@ -177,51 +169,6 @@ def _logits(runner: Runner, data: Any, fixed_batch: int | None) -> np.ndarray:
             batch = np.concatenate([batch, np.zeros((fixed_batch - n, *batch.shape[1:]))])
         outputs.append(runner.predict(batch.astype(np.float32))[:n])
     return np.concatenate(outputs)
-
-
-def environment(threads: int | None) -> dict[str, Any]:
-    """CPU model and ISA flags, cores and threads, GPU and driver, library versions."""
-    import onnxruntime as ort
-
-    from compress.manifest import library_versions
-
-    flags: set[str] = set()
-    model = ""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name") and not model:
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    isa = [
-        f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags
-    ]
-    env: dict[str, Any] = {
-        "cpu": model or platform.processor() or platform.machine(),
-        "isa": isa,
-        "cores": os.cpu_count(),
-        "threads": threads or torch.get_num_threads(),
-        "onnxruntime_providers": ort.get_available_providers(),
-        "versions": library_versions(),
-    }
-    if torch.cuda.is_available():
-        env["gpu"] = torch.cuda.get_device_name(0)
-        env["cuda"] = torch.version.cuda
-        env["gpu_driver"] = _nvidia_driver()
-    return env
-
-
-def _nvidia_driver() -> str | None:
-    if not shutil.which("nvidia-smi"):
-        return None
-    query = ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]
-    try:
-        out = subprocess.run(query, capture_output=True, text=True, timeout=10, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip().splitlines()[0] if out.stdout.strip() else None
 
 
 def results_table(results: dict[str, Any]) -> Table:

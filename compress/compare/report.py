@@ -17,9 +17,13 @@ from typing import Any
 
 import torch
 
-from compress.compare.grid import TEACHER_SWEEP
+from compress.config.base import DataConfig
+from compress.config.grid import TEACHER_SWEEP, GridConfig, dataset_blocks
+from compress.data.module import get_data
 from compress.io import atomic_path, write_text
 from compress.manifest import Manifest
+from compress.models import load_model
+from compress.train.evaluate import predict
 
 
 def cell_results(
@@ -51,8 +55,6 @@ def _summary(records: list[dict[str, Any]]) -> tuple[float, float, int]:
 
 def dataset_labels(manifest: Manifest) -> list[str | None]:
     """The grid's dataset labels in order, or [None] for a grid on the pipeline's one dataset."""
-    from compress.compare.grid import GridConfig, dataset_blocks
-
     config = manifest.data["pipeline"]["config"]
     grid = GridConfig.model_validate(config["grid"])
     return [label for label, _ in dataset_blocks(grid, config["data"])] or [None]
@@ -153,11 +155,6 @@ def teacher_entropy(
     manifest: Manifest, temperatures: list[float], dataset: str | None = None
 ) -> dict[float, float]:
     """Mean entropy (nats) of the teacher's softened test-set predictions at each temperature."""
-    from compress.config.base import DataConfig
-    from compress.data.module import get_data
-    from compress.models import load_model
-    from compress.train.evaluate import predict
-
     name, teacher = _teacher_stage(manifest, dataset)  # type: ignore[misc]
     model, _, _ = load_model(manifest.run_dir / teacher["artifacts"]["model"]["path"])
     config = manifest.data["pipeline"]["config"]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from compress.registry import DATASETS, MODELS, Registry
 
 
 class StrictModel(BaseModel):
@@ -14,20 +17,32 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
-def _check_registered(registry_name: str, value: str) -> str:
-    from compress.data.datasets import DATASETS
-    from compress.models import MODELS
+@dataclass(frozen=True)
+class NameIn:
+    """Marks a string field whose value is a name in ``registry`` (the reference lists them)."""
 
-    registry = {"dataset": DATASETS, "model": MODELS}[registry_name]
-    if value not in registry:
-        raise ValueError(registry.unknown_message(value))
-    return value
+    registry: Registry[Any]
+
+    def __call__(self, value: str) -> str:
+        if value not in self.registry:
+            raise ValueError(self.registry.unknown_message(value))
+        return value
+
+
+def registered(registry: Registry[Any]) -> Any:
+    """``str`` restricted to the names registered in ``registry`` when the config validates, so
+    an entry registered by a new file is valid at once."""
+    return Annotated[str, AfterValidator(NameIn(registry)), NameIn(registry)]
+
+
+Dataset = registered(DATASETS)
+Arch = registered(MODELS)
 
 
 class DataConfig(StrictModel):
     """Which images, how they are prepared, and how they are batched."""
 
-    dataset: str = Field("fashion-mnist", description="registered dataset name")
+    dataset: Dataset = Field("fashion-mnist", description="registered dataset name")
     root: Path | None = Field(
         None, description="folder holding the dataset; default: search the usual places"
     )
@@ -65,11 +80,6 @@ class DataConfig(StrictModel):
         None, ge=1, description="unlabeled images per step; default: the stage's batch size"
     )
 
-    @field_validator("dataset")
-    @classmethod
-    def _known_dataset(cls, value: str) -> str:
-        return _check_registered("dataset", value)
-
     @field_validator("unlabeled")
     @classmethod
     def _unlabeled_folder(cls, value: Path | None) -> Path | None:
@@ -91,7 +101,7 @@ class DataConfig(StrictModel):
 class ModelConfig(StrictModel):
     """An architecture from the model registry, adapted to the data."""
 
-    arch: str = Field("mobilenet_v2", description="registered architecture name")
+    arch: Arch = Field("mobilenet_v2", description="registered architecture name")
     width_mult: float = Field(1.0, gt=0.0, le=4.0, description="channel width multiplier")
     stem: Literal["auto", "imagenet", "cifar", "compact"] = Field(
         "auto",
@@ -101,16 +111,10 @@ class ModelConfig(StrictModel):
         ),
     )
 
-    @field_validator("arch")
-    @classmethod
-    def _known_arch(cls, value: str) -> str:
-        return _check_registered("model", value)
-
     @model_validator(mode="after")
     def _width(self) -> ModelConfig:
-        from compress.models.registry import FIXED_WIDTH
-
-        if self.arch in FIXED_WIDTH and self.width_mult != 1.0:
+        fixed_width = getattr(MODELS.get(self.arch), "fixed_width", False)
+        if fixed_width and self.width_mult != 1.0:
             raise ValueError(f"{self.arch} has a fixed width: width_mult must be 1.0")
         return self
 
@@ -175,3 +179,16 @@ class TrainConfig(StrictModel):
         if self.schedule == "step" and not self.step_milestones:
             raise ValueError("schedule 'step' needs step_milestones, e.g. [30, 60]")
         return self
+
+
+class StageConfig(StrictModel):
+    """The keys every stage has; each stage type's config extends it."""
+
+    type: str = Field(description="registered stage type; two stages of one type need it")
+    input: str | None = Field(
+        None, description="stage whose output this stage takes; default: nearest earlier one"
+    )
+    data: DataConfig | None = Field(
+        None,
+        description="this stage's own data block instead of the pipeline's (grid.datasets sets it)",
+    )

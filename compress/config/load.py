@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from compress.compare.grid import expand_grid
+from compress.config.grid import expand_grid
 from compress.config.pipeline import PipelineSettings, global_keys, pipeline_model, stage_types
 from compress.errors import ConfigError, did_you_mean
 

@@ -19,9 +19,10 @@ import yaml
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from compress.config.base import DataConfig, ModelConfig, TrainConfig
+from compress.config.base import DataConfig, NameIn, StageConfig, TrainConfig
 from compress.config.pipeline import GatesConfig, PipelineSettings
 from compress.errors import CompressError
+from compress.registry import METHODS, STAGES
 
 START = "<!-- config-reference:start -->"
 END = "<!-- config-reference:end -->"
@@ -48,11 +49,6 @@ class Block:
 
 def blocks() -> list[Block]:
     """Every table of the reference, in reading order."""
-    from compress.distill import METHODS, load_methods
-    from compress.stages import STAGES, StageConfig, load_stages
-
-    load_stages()
-    load_methods()
     stages = _pipeline_order(STAGES)
     training = [name for name, spec in stages if issubclass(spec.config, TrainConfig)]
     out = [
@@ -229,8 +225,6 @@ def _bounds(info: FieldInfo) -> str:
 
 
 def _default_text(model: type[BaseModel], key: str, info: FieldInfo) -> str:
-    from compress.stages import StageConfig
-
     if model is StageConfig and key == "type":
         return "the stage's key"
     if info.is_required():
@@ -260,13 +254,21 @@ def _meaning(model: type[BaseModel], key: str, info: FieldInfo) -> str:
 
 def _registry_for(model: type[BaseModel], key: str) -> Any:
     """The registry whose names a plain string field must be one of, to list them."""
-    from compress.data.datasets import DATASETS
-    from compress.models import MODELS
-    from compress.stages import STAGES, StageConfig
+    if model is StageConfig and key == "type":
+        return STAGES
+    info = model.model_fields[key]
+    for marker in [*info.metadata, *_nested_metadata(info.annotation)]:
+        if isinstance(marker, NameIn):
+            return marker.registry
+    return None
 
-    pairs = {(DataConfig, "dataset"): DATASETS, (ModelConfig, "arch"): MODELS}
-    pairs[(StageConfig, "type")] = STAGES
-    return pairs.get((model, key))
+
+def _nested_metadata(annotation: Any) -> list[Any]:
+    """Annotated metadata inside a type, e.g. the item type of ``list[registered(...)]``."""
+    found = list(getattr(annotation, "__metadata__", ()))
+    for arg in typing.get_args(annotation):
+        found += _nested_metadata(arg)
+    return found
 
 
 def _value(value: Any) -> str:

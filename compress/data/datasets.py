@@ -14,9 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision
+from PIL import Image, UnidentifiedImageError
 
 from compress.errors import DataError
-from compress.registry import Registry
+from compress.registry import DATASETS
 
 
 @dataclass
@@ -39,8 +41,6 @@ class ImageSource:
 
 def decode_image(path: Path) -> torch.Tensor:
     """Decode an image file to uint8 CHW RGB; a corrupt file names itself."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(path) as img:
             img = img.convert("RGB")
@@ -60,9 +60,6 @@ class DatasetInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     how_to_get: str
-
-
-DATASETS: Registry[DatasetInfo] = Registry("dataset")
 
 
 def data_home() -> Path:
@@ -152,8 +149,6 @@ def _load_fashion(root: Path | None, download: bool) -> tuple[ImageSource, Image
 
 def _torchvision_download(name: str, root: Path) -> None:
     """Best-effort download; failure is not an error here, the caller reports what is missing."""
-    import torchvision
-
     try:
         getattr(torchvision.datasets, name)(str(root), train=True, download=True)
         getattr(torchvision.datasets, name)(str(root), train=False, download=True)
@@ -182,8 +177,6 @@ DATASETS.register("fashion-mnist")(
 
 def _cifar_loader(tv_name: str, folder_name: str) -> Callable:
     def load(root: Path | None, download: bool) -> tuple[ImageSource, ImageSource]:
-        import torchvision
-
         looked = _candidates(root)
         cls = getattr(torchvision.datasets, tv_name)
         for base in looked:

@@ -20,6 +20,8 @@ from pathlib import Path
 from urllib.error import URLError
 from urllib.request import urlopen
 
+import torchvision
+
 from compress.data.datasets import _candidates, _fashion_folder, _tiny_folder, data_home
 from compress.errors import DataError
 from compress.io import atomic_path
@@ -77,8 +79,6 @@ def fetch(name: str, root: Path | None = None, source: str | None = None) -> tup
 
 def _torchvision(tv_name: str, manual: str) -> Callable[[Path, str | None], None]:
     def download(target: Path, source: str | None) -> None:
-        import torchvision
-
         cls = getattr(torchvision.datasets, tv_name)
         try:
             for train in (True, False):

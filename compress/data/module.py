@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from compress.config.base import DataConfig
 from compress.data.datasets import DATASETS, IMAGE_SUFFIXES, ImageSource, images_under
 from compress.errors import DataError
+from compress.ui import console
 
 MEMORY_CACHE_LIMIT = 4 << 30  # bytes of uint8 pixels kept in RAM under cache: auto
 UNLABELED = -1  # the label of data.unlabeled images; hard-label losses ignore it
@@ -126,8 +127,6 @@ class DataModule:
         if len(self.train) == 0:
             raise DataError("the training split is empty; check data.train_subset / val_split")
         if self.skipped:
-            from compress.ui import console
-
             shown = "; ".join(self.skipped[:3]) + (" ..." if len(self.skipped) > 3 else "")
             console.print(f"  [yellow]skipped {len(self.skipped)} corrupt image file(s)[/] "
                           f"(data.skip_corrupt): {shown}")  # fmt: skip

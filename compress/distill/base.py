@@ -8,8 +8,6 @@ Methods that need no teacher (baseline) say so, and the stage then loads no teac
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -20,7 +18,7 @@ from torch import nn
 
 from compress.config.base import StrictModel
 from compress.data.module import UNLABELED
-from compress.registry import Registry
+from compress.registry import METHODS
 
 
 class MethodParams(StrictModel):
@@ -111,9 +109,6 @@ class MethodSpec:
     summary: str
 
 
-METHODS: Registry[MethodSpec] = Registry("distillation method")
-
-
 def hard_label_ce(
     logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0
 ) -> torch.Tensor:
@@ -139,9 +134,5 @@ def embedding_size(shape: tuple[int, ...]) -> int:
 
 
 def load_methods() -> None:
-    """Import every module in compress.distill.methods so each registers itself."""
-    from compress.distill import methods
-
-    for info in pkgutil.iter_modules(methods.__path__):
-        importlib.import_module(f"{methods.__name__}.{info.name}")
-    importlib.import_module("compress.distill.mix")  # last: its parts may be any method
+    """Import every method module (``compress.distill.methods``, then mix) so each registers."""
+    METHODS.load()

@@ -7,9 +7,9 @@ from typing import Annotated, Any, Union
 from pydantic import Field, field_validator
 
 from compress.config.base import StrictModel
-from compress.distill.base import METHODS, MethodParams, load_methods
+from compress.distill.base import METHODS, MethodParams
 
-load_methods()
+METHODS.load()  # the method union below is built from every registered method
 MethodConfig = Annotated[
     Union[tuple(spec.params for _, spec in METHODS.items())],  # noqa: UP007
     Field(discriminator="name"),

@@ -3,8 +3,8 @@
     method: {name: mix, parts: [{name: kd, alpha: 0.5}, {name: fitnets, ce_weight: 0, weight: 0.5}]}
 
 Each part's loss is multiplied by its ``weight`` and added. Only one part may keep the
-hard-label cross-entropy (``ce_weight``; kd: ``alpha``), so it is not counted twice. Registered
-after every other method, since its parts may be any of them.
+hard-label cross-entropy (``ce_weight``; kd: ``alpha``), so it is not counted twice. Its parts
+may be any other method: it imports them all before building its config.
 """
 
 from __future__ import annotations
@@ -15,6 +15,9 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from compress.distill.base import METHODS, DistillLoss, FeatureShapes, MethodParams, MethodSpec
+from compress.registry import import_all
+
+import_all("compress.distill.methods")  # every method a part may name, whoever imports mix
 
 PartConfig = Annotated[
     Union[tuple(spec.params for _, spec in METHODS.items())],  # noqa: UP007

@@ -11,6 +11,9 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
+import onnx
+import onnxruntime as ort
+
 INTEGER_OPS = ("QLinear", "QGemm", "ConvInteger", "MatMulInteger", "DynamicQuantize")
 FLOAT_COMPUTE_OPS = {"Conv", "FusedConv", "Gemm", "MatMul", "FusedGemm", "Add"}
 
@@ -21,9 +24,6 @@ def runtime_ops(path: Path) -> dict[str, int]:
     Uses the extended level: it holds the QDQ fusions but not the layout rewrites that tie the
     saved graph to this very CPU, so the counts mean the same on every x86 machine.
     """
-    import onnx
-    import onnxruntime as ort
-
     with tempfile.TemporaryDirectory() as tmp:
         optimized = Path(tmp) / "optimized.onnx"
         options = ort.SessionOptions()

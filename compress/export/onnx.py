@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import torch
 from torch import nn
 
@@ -37,8 +39,6 @@ def export_onnx(
 ) -> None:
     """Export ``model`` (eval mode, CPU) to ``path`` atomically and check it with onnx.checker;
     ``graph_passes`` edit the ONNX model in place before the check (see compress.export.qdq)."""
-    import onnx
-
     model = model.eval().cpu().to(memory_format=torch.contiguous_format)
     example = (torch.randn(2, *input_shape),)
     dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
@@ -84,8 +84,6 @@ def _quiet_exporter() -> Iterator[None]:
 
 def read_metadata(path: Path) -> dict[str, Any]:
     """metadata_props of an ONNX file, JSON values decoded."""
-    import onnx
-
     proto = onnx.load(str(path), load_external_data=False)
     out: dict[str, Any] = {}
     for prop in proto.metadata_props:
@@ -99,8 +97,6 @@ def read_metadata(path: Path) -> dict[str, Any]:
 def onnx_session(
     path: Path, threads: int | None = None, provider: str = "CPUExecutionProvider"
 ) -> Any:
-    import onnxruntime as ort
-
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from onnx import helper, numpy_helper
 
 INT32_MAX = 2**31 - 1
 
@@ -19,8 +20,6 @@ INT32_MAX = 2**31 - 1
 def quantize_gemm_biases(model: Any) -> int:
     """Give every Gemm with DQ inputs and a float initializer bias an int32 DQ bias; returns
     how many were rewritten. Gemms whose bias would overflow int32 are left as they are."""
-    from onnx import helper, numpy_helper
-
     graph = model.graph
     initializers = {t.name: t for t in graph.initializer}
     producers = {out: node for node in graph.node for out in node.output}
@@ -63,8 +62,6 @@ def _is_dq(node: Any) -> bool:
 
 
 def _constant(initializers: dict[str, Any], name: str) -> np.ndarray | None:
-    from onnx import numpy_helper
-
     return numpy_helper.to_array(initializers[name]) if name in initializers else None
 
 

@@ -18,6 +18,7 @@ from torch import nn
 from compress.errors import CheckpointError
 from compress.io import load_torch, save_torch
 from compress.models.registry import MODELS
+from compress.quant.prepare import QuantSpec, quantize_model
 
 FORMAT = "compress.model/1"
 
@@ -63,8 +64,6 @@ def load_model(path: Path) -> tuple[nn.Module, ModelSpec, dict[str, Any]]:
     if spec.pruned:
         resize_to_state_dict(model, payload["state_dict"])
     if spec.quant is not None:  # rebuilt by the same deterministic transformation
-        from compress.quant.prepare import QuantSpec, quantize_model
-
         model = quantize_model(model, QuantSpec.from_dict(spec.quant))
     load_state_dict_checked(model, payload["state_dict"], path, spec.arch)
     return model, spec, payload.get("meta", {})

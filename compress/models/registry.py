@@ -7,11 +7,10 @@ from collections.abc import Callable
 import torchvision
 from torch import nn
 
-from compress.registry import Registry
+from compress.registry import MODELS
 
-# builder(num_classes, in_channels, width_mult, stem) -> nn.Module; stem is already resolved
-MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
-FIXED_WIDTH = {"resnet18", "resnet34", "resnet50"}  # width_mult must stay 1.0
+# builder(num_classes, in_channels, width_mult, stem) -> nn.Module; stem is already resolved.
+# A builder with ``fixed_width = True`` takes width_mult 1.0 only (the config says so).
 
 
 def resolve_stem(stem: str, image_size: int) -> str:
@@ -37,6 +36,7 @@ def _resnet(factory: Callable[..., torchvision.models.ResNet]) -> Callable[..., 
         nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
         return model
 
+    build.fixed_width = True  # type: ignore[attr-defined]
     return build
 
 

@@ -11,26 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch_pruning as tp
 from torch import nn
 
 from compress.errors import CompressError, did_you_mean
-from compress.registry import Registry
-
-IMPORTANCES: Registry[Callable[[], object]] = Registry("pruning importance")
-
-
-def _register_importances() -> None:
-    import torch_pruning as tp
-
-    IMPORTANCES.register("l1")(lambda: tp.importance.GroupMagnitudeImportance(p=1))
-    IMPORTANCES.register("l2")(lambda: tp.importance.GroupMagnitudeImportance(p=2))
-    IMPORTANCES.register("bn_scale")(lambda: tp.importance.BNScaleImportance())
-    IMPORTANCES.register("taylor")(lambda: tp.importance.GroupTaylorImportance())
-    IMPORTANCES.register("lamp")(lambda: tp.importance.LAMPImportance(p=2))
-
-
-_register_importances()
-IMPORTANCE_NAMES = ("l1", "l2", "bn_scale", "taylor", "lamp")
+from compress.registry import IMPORTANCES
 
 
 @dataclass(frozen=True)
@@ -43,8 +28,6 @@ class PruneTarget:
 
 
 def count_macs_params(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
-    import torch_pruning as tp
-
     was_training = model.training
     model.eval()
     macs, params = tp.utils.count_ops_and_params(model, example)
@@ -78,8 +61,6 @@ def prune(
     accumulate_gradients: Callable[[], None] | None = None,
 ) -> list[dict[str, float]]:
     """Prune ``model`` in place; returns MACs/params after every step."""
-    import torch_pruning as tp
-
     base_macs, base_params = count_macs_params(model, example)
     budget = target.kind != "channels"
     pruner = tp.pruner.BasePruner(

@@ -9,13 +9,12 @@ from pathlib import Path
 from compress.errors import CompressError
 from compress.io import atomic_path, write_text
 from compress.manifest import MANIFEST, Manifest
+from compress.report.build import build_report, figure_files
+from compress.report.render import FIGURES_DIR, to_html, to_markdown
 
 
 def write_report(run_dir: Path) -> tuple[Path, Path]:
     """Write RUN_DIR/report.md and RUN_DIR/report.html; returns their paths."""
-    from compress.report.build import build_report, figure_files
-    from compress.report.render import FIGURES_DIR, to_html, to_markdown
-
     if not (run_dir / MANIFEST).is_file():
         raise CompressError(f"{run_dir} is not a run directory (no {MANIFEST})")
     manifest = Manifest.load(run_dir)

@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from compress.bench.samples import load_samples
 from compress.manifest import Manifest
 from compress.report import plots
 from compress.report.rows import (
@@ -170,8 +171,6 @@ def _environment(manifest: Manifest) -> list[Block]:
 
 
 def _samples(manifest: Manifest) -> dict[str, dict[str, Any]]:
-    from compress.stages.bench import load_samples
-
     out: dict[str, dict[str, Any]] = {}
     benches = [(n, e) for n, e in manifest.stages.items() if e.get("type") == "bench"]
     for name, entry in benches:

@@ -7,33 +7,16 @@ run manifest; the runner resolves them (nearest earlier producer, or the stage n
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-from pydantic import Field
 
-from compress.config.base import DataConfig, StrictModel
-from compress.registry import Registry
-
-if TYPE_CHECKING:
-    from compress.config.pipeline import Pipeline
-    from compress.data.module import DataModule
-
-
-class StageConfig(StrictModel):
-    type: str = Field(description="registered stage type; two stages of one type need it")
-    input: str | None = Field(
-        None, description="stage whose output this stage takes; default: nearest earlier one"
-    )
-    data: DataConfig | None = Field(
-        None,
-        description="this stage's own data block instead of the pipeline's (grid.datasets sets it)",
-    )
+from compress.config.base import DataConfig, StageConfig
+from compress.data.module import DataModule, get_data
+from compress.registry import STAGES
 
 
 @dataclass(frozen=True)
@@ -46,9 +29,13 @@ class StageSpec:
     distributed: bool = False  # trains: runs on every process under torchrun, else on rank 0
     # more required inputs named by stage: input key -> (kind, stage), e.g. extra teachers
     extra_inputs: Callable[[Any], dict[str, tuple[str, str]]] = lambda cfg: {}
+    # check(name, cfg, pipeline) -> a problem the whole pipeline has with this stage, or None
+    check: Callable[[str, Any, Any], str | None] = lambda name, cfg, pipeline: None
+    # raised when what the stage records changes, so finished entries of older versions re-run
+    version: int = 1
 
 
-STAGES: Registry[StageSpec] = Registry("stage type")
+__all__ = ["STAGES", "StageConfig", "StageContext", "StageInput", "StageResult", "StageSpec"]
 
 
 @dataclass
@@ -63,6 +50,9 @@ class StageInput:
     def path(self, artifact: str = "model") -> Path:
         return self.run_dir / self.entry["artifacts"][artifact]["path"]
 
+    def has(self, artifact: str) -> bool:
+        return artifact in self.entry.get("artifacts", {})
+
     @property
     def metrics(self) -> dict[str, Any]:
         return self.entry.get("metrics", {})
@@ -70,30 +60,26 @@ class StageInput:
 
 @dataclass
 class StageContext:
+    """What one stage run is given: its inputs (manifest entries of earlier stages), its folder,
+    its data and seed. Nothing else of the pipeline or the manifest."""
+
     name: str
-    pipeline: Pipeline
     run_dir: Path
     stage_dir: Path
     inputs: dict[str, StageInput]
     fingerprint: str
     device: torch.device
-    manifest: dict[str, Any]
-    data_config: DataConfig | None = None  # the stage's own data block, if it has one
+    data_config: DataConfig  # the stage's own data block, or the pipeline's
+    seed: int  # the pipeline's seed
 
     def data_cfg(self) -> DataConfig:
-        return self.data_config or self.pipeline.data
+        return self.data_config
 
     def data(self) -> DataModule:
-        from compress.data.module import get_data
-
-        return get_data(self.data_cfg(), self.pipeline.seed)
+        return get_data(self.data_config, self.seed)
 
     def input(self, kind: str) -> StageInput:
         return self.inputs[kind]
-
-    def entry(self, stage: str) -> dict[str, Any]:
-        """Another stage's manifest entry (read-only), e.g. the metrics of an input's source."""
-        return self.manifest.get("stages", {}).get(stage, {})
 
 
 @dataclass
@@ -105,8 +91,4 @@ class StageResult:
 
 def load_stages() -> None:
     """Import every stage module so each registers itself."""
-    from compress import stages
-
-    for info in pkgutil.iter_modules(stages.__path__):
-        if info.name != "base":
-            importlib.import_module(f"{stages.__name__}.{info.name}")
+    STAGES.load()

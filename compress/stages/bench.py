@@ -15,16 +15,15 @@ from pydantic import Field
 
 from compress.bench.accuracy import classification_metrics
 from compress.bench.backends import BackendOptions, load_runner
+from compress.bench.environment import environment
 from compress.bench.facts import model_facts
+from compress.bench.samples import save_samples
 from compress.bench.sidebyside import onnx_side_by_side
-from compress.bench.standalone import environment
 from compress.bench.timing import TimingPlan, summarize
 from compress.export.onnx import onnx_logits, onnx_session
-from compress.io import atomic_path, write_json
+from compress.io import write_json
 from compress.stages.base import STAGES, StageConfig, StageContext, StageResult, StageSpec
 from compress.ui import console
-
-SAMPLES_FILE = "latency_samples.npz"
 
 
 class BenchConfig(StageConfig):
@@ -117,15 +116,14 @@ def run(cfg: BenchConfig, ctx: StageContext) -> StageResult:
         per_class = measured.pop("per_class_top1")
         metrics.update(measured)
         metrics["test_images"] = len(data.test)
-        student_ref = onnx_input.entry["inputs"]["student"]
-        student_top1 = ctx.entry(student_ref["stage"]).get("metrics", {}).get("top1")
+        student_top1 = onnx_input.metrics["source"]["top1"]
         if student_top1 is not None:
             metrics["torch_top1"] = student_top1
             metrics["top1_delta_vs_torch"] = metrics["top1"] - student_top1
         for entry in models.values():  # the accuracy belongs to the ONNX file
             if entry["artifact"] == "onnx":
                 entry.update(top1=metrics["top1"], top5=metrics["top5"], ece=metrics["ece"])
-    if "onnx_fp32" in onnx_input.entry["artifacts"]:
+    if onnx_input.has("onnx_fp32"):
         metrics.update(_int8_vs_fp32(cfg, ctx, data))
         if "fp32_onnx_top1" in metrics and "top1" in metrics:
             metrics["top1_delta_vs_fp32"] = metrics["top1"] - metrics["fp32_onnx_top1"]
@@ -137,9 +135,7 @@ def run(cfg: BenchConfig, ctx: StageContext) -> StageResult:
 
     report = ctx.stage_dir / "bench.json"
     write_json(report, {**metrics, "per_class_top1": per_class})
-    samples_path = ctx.stage_dir / SAMPLES_FILE
-    with atomic_path(samples_path) as tmp, open(tmp, "wb") as handle:
-        np.savez_compressed(handle, **samples)
+    samples_path = save_samples(ctx.stage_dir, samples)
     return StageResult(metrics=metrics, artifacts={"report": report, "samples": samples_path})
 
 
@@ -174,8 +170,7 @@ def _test_metrics(path: Path, cfg: BenchConfig, data: Any) -> dict[str, Any]:
 def _targets(cfg: BenchConfig, ctx: StageContext) -> tuple[list[Target], list[str]]:
     """What to time: the ONNX file and its source model per backend, and the teacher (eager)."""
     onnx_input = ctx.input("onnx")
-    student_ref = onnx_input.entry["inputs"]["student"]
-    student_path = ctx.run_dir / student_ref["path"]
+    source_stage = onnx_input.metrics["source"]["stage"]
     artifacts = onnx_input.entry["artifacts"]
     targets, skipped = [], []
     for device in cfg.devices:
@@ -201,8 +196,9 @@ def _targets(cfg: BenchConfig, ctx: StageContext) -> tuple[list[Target], list[st
                                           onnx_input.path("tensorrt"), onnx_input.stage,
                                           "tensorrt"))  # fmt: skip
             else:
-                targets.append(Target(backend + suffix, backend, device, student_path,
-                                      student_ref["stage"], "model"))  # fmt: skip
+                targets.append(Target(backend + suffix, backend, device,
+                                      onnx_input.path("source_model"), source_stage,
+                                      "model"))  # fmt: skip
         if cfg.include_teacher and "teacher" in ctx.inputs:
             teacher = ctx.input("teacher")
             targets.append(Target("teacher_torch" + suffix, "torch", device, teacher.path(),
@@ -210,14 +206,26 @@ def _targets(cfg: BenchConfig, ctx: StageContext) -> tuple[list[Target], list[st
     return targets, skipped
 
 
-def load_samples(path: Path) -> dict[str, dict[str, np.ndarray]]:
-    """``{label: {batch: latencies_ms}}`` from a stage's ``latency_samples.npz``."""
-    out: dict[str, dict[str, np.ndarray]] = {}
-    with np.load(path) as stored:
-        for key in stored.files:
-            label, _, bs = key.rpartition("/")
-            out.setdefault(label, {})[bs] = stored[key]
-    return out
+def check_gates(name: str, cfg: BenchConfig, pipeline: Any) -> str | None:
+    """A gate must be measurable by the pipeline's last bench stage: fail before any compute."""
+    active = pipeline.gates.active()
+    benches = [n for n, c in pipeline.stage_items() if c.type == "bench"]
+    if not active or benches[-1] != name:
+        return None
+    has_teacher = any(c.type == "teacher" for _, c in pipeline.stage_items())
+    if {"max_p99_ms", "min_speedup"} & set(active):
+        if pipeline.gates.batch_size not in cfg.batch_sizes:
+            return (
+                f"gates.batch_size {pipeline.gates.batch_size} is not in {name}.batch_sizes "
+                f"{cfg.batch_sizes}"
+            )
+        if "onnxruntime" not in cfg.backends or "cpu" not in cfg.devices:
+            return f"latency gates read onnxruntime on cpu, which {name} skips"
+    if "min_speedup" in active and not (cfg.include_teacher and has_teacher):
+        return f"gates.min_speedup needs a teacher stage and {name}.include_teacher"
+    if "max_accuracy_drop" in active and not (cfg.accuracy and has_teacher):
+        return f"gates.max_accuracy_drop needs a teacher stage and {name}.accuracy"
+    return None
 
 
 STAGES.register("bench")(
@@ -226,6 +234,7 @@ STAGES.register("bench")(
         run=run,
         produces="bench",
         consumes=lambda cfg: {"onnx": True, "teacher": False},
+        check=check_gates,
         summary="latency percentiles, throughput and accuracy of the exported artifact",
     )
 )

@@ -22,6 +22,7 @@ from compress.export.qdq import int8_graph_passes
 from compress.export.tensorrt import EngineProfile, build_engine, import_tensorrt
 from compress.io import write_json
 from compress.models import ModelSpec, load_model
+from compress.quant.prepare import freeze_for_export
 from compress.stages.base import STAGES, StageConfig, StageContext, StageResult, StageSpec
 from compress.train.evaluate import predict
 from compress.ui import console
@@ -71,7 +72,9 @@ def run(cfg: ExportConfig, ctx: StageContext) -> StageResult:
         )
     path = ctx.stage_dir / "model.onnx"
     metrics = _export_checked(model, spec, meta, path, cfg, ctx, source.stage)
-    artifacts: dict[str, Path] = {"onnx": path}
+    # the model this file was exported from, and its accuracy: what bench times beside it
+    metrics["source"] = {"stage": source.stage, "top1": source.metrics.get("top1")}
+    artifacts: dict[str, Path] = {"onnx": path, "source_model": source.path()}
     if spec.quant is not None:
         ops = runtime_ops(path)
         metrics.update(runtime_ops=ops, **integer_summary(ops))
@@ -79,7 +82,7 @@ def run(cfg: ExportConfig, ctx: StageContext) -> StageResult:
             f"  INT8 ONNX: onnxruntime runs {metrics['integer_ops']} integer kernels, "
             f"{metrics['float_compute_ops']} float compute ops"
         )
-        if "float_model" in source.entry["artifacts"]:
+        if source.has("float_model"):
             float_model, float_spec, float_meta = load_model(source.path("float_model"))
             fp32_path = ctx.stage_dir / "model_fp32.onnx"
             metrics["fp32"] = _export_checked(
@@ -101,8 +104,6 @@ def _export_checked(
     stage: str,
 ) -> dict[str, Any]:
     """Export one model and hold it to the parity bar its kind allows."""
-    from compress.quant.prepare import freeze_for_export
-
     data = ctx.data()
     metadata = {
         "preprocess": meta.get("preprocess", data.preprocess.metadata()),
@@ -172,6 +173,7 @@ STAGES.register("export")(
         run=run,
         produces="onnx",
         consumes=lambda cfg: {"student": True},
+        version=2,  # records its source model (source_model) for bench
         summary="export to ONNX (INT8 Q/DQ for quantized students) with a parity check, "
         "and optionally a TensorRT engine",
     )

@@ -19,11 +19,12 @@ from pydantic import Field, model_validator
 
 from compress import distributed
 from compress.bench.sidebyside import onnx_side_by_side
-from compress.config.base import TrainConfig
+from compress.config.base import TrainConfig, registered
 from compress.distill.config import DistillSettings
 from compress.export.onnx import export_onnx
 from compress.models import load_model
-from compress.prune.structured import IMPORTANCE_NAMES, PruneTarget, count_macs_params, prune
+from compress.prune.structured import PruneTarget, count_macs_params, prune
+from compress.registry import IMPORTANCES
 from compress.stages.base import STAGES, StageConfig, StageContext, StageResult, StageSpec
 from compress.stages.common import distill_in_stage, finish_model
 from compress.train.evaluate import evaluate
@@ -32,8 +33,8 @@ from compress.ui import console
 
 class PruneConfig(DistillSettings, TrainConfig, StageConfig):
     type: Literal["prune"] = "prune"
-    importance: Literal[IMPORTANCE_NAMES] = Field(  # type: ignore[valid-type]
-        "l2", description="channel importance: l1, l2 (magnitude), bn_scale, taylor, lamp"
+    importance: registered(IMPORTANCES) = Field(  # type: ignore[valid-type]
+        "l2", description="channel importance (compress/prune/importances/)"
     )
     global_ranking: bool = Field(False, description="rank channels across layers, not per layer")
     keep_macs: float | None = Field(

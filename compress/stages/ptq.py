@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from compress.quant.calibration import finish_quantized, quantize_input
 from compress.quant.config import QuantSettings
 from compress.stages.base import STAGES, StageConfig, StageContext, StageResult, StageSpec
+from compress.stages.quantized import finish_quantized, quantize_input
 
 
 class PtqConfig(QuantSettings, StageConfig):

@@ -14,10 +14,10 @@ from pydantic import Field, model_validator
 
 from compress.config.base import TrainConfig
 from compress.distill.config import DistillSettings
-from compress.quant.calibration import finish_quantized, quantize_input
 from compress.quant.config import QuantSettings
 from compress.stages.base import STAGES, StageConfig, StageContext, StageResult, StageSpec
 from compress.stages.common import distill_in_stage
+from compress.stages.quantized import finish_quantized, quantize_input
 
 
 class QatConfig(QuantSettings, DistillSettings, TrainConfig, StageConfig):

@@ -35,7 +35,7 @@ def quantize_input(
     data = ctx.data()
     quant_spec = settings.quant_spec()
     quantized = quantize_model(model, quant_spec)
-    sample = data.train.sample(settings.calibration_images, ctx.pipeline.seed)
+    sample = data.train.sample(settings.calibration_images, ctx.seed)
     images = calibrate(quantized, (x for x, _, _ in data.eval_batches(sample)), ctx.device)
     float_top1 = source.metrics.get("top1")
     if float_top1 is None:

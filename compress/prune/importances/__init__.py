@@ -1,0 +1,1 @@
+"""Channel importances by name, one module each; an entry builds a torch-pruning importance."""
