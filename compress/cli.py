@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.markup import escape
 
+from compress.bench.timing import TimingPlan
 from compress.errors import CompressError
+from compress.registry import BACKENDS
 from compress.ui import console
 
 if TYPE_CHECKING:
@@ -110,19 +112,27 @@ def bench(
     ] = None,
     backend: Annotated[
         str | None,
-        typer.Option(help="onnxruntime | torch | torch-compile. Default: by file type."),
+        typer.Option(help=f"{' | '.join(BACKENDS.names())}. Default: by file type."),
     ] = None,
     device: Annotated[str, typer.Option(help="cpu | cuda.")] = "cpu",
     dtype: Annotated[str, typer.Option(help="fp32 | fp16 | bf16 (torch backends).")] = "fp32",
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,32",
     threads: Annotated[int | None, typer.Option(help="Inference threads.")] = None,
-    warmup_iterations: Annotated[int, typer.Option(help="Warm-up calls, at least.")] = 10,
-    warmup_seconds: Annotated[float, typer.Option(help="Warm-up seconds, at least.")] = 0.5,
-    min_iterations: Annotated[int, typer.Option(help="Timed calls per batch size.")] = 1000,
-    min_seconds: Annotated[float, typer.Option(help="Timed seconds per batch size.")] = 3.0,
+    warmup_iterations: Annotated[
+        int, typer.Option(help="Warm-up calls, at least.")
+    ] = TimingPlan.warmup_iterations,
+    warmup_seconds: Annotated[
+        float, typer.Option(help="Warm-up seconds, at least.")
+    ] = TimingPlan.warmup_seconds,
+    min_iterations: Annotated[
+        int, typer.Option(help="Timed calls per batch size.")
+    ] = TimingPlan.min_iterations,
+    min_seconds: Annotated[
+        float, typer.Option(help="Timed seconds per batch size.")
+    ] = TimingPlan.min_seconds,
     max_seconds: Annotated[
         float, typer.Option(help="Stop a batch size after this long even if short of minimums.")
-    ] = 30.0,
+    ] = TimingPlan.max_seconds,
     dataset: Annotated[
         str | None, typer.Option(help="Also measure accuracy on this dataset's test split.")
     ] = None,
@@ -142,7 +152,7 @@ def bench(
     ] = None,
 ) -> None:
     """Latency percentiles, throughput, model size and MACs, and (with --dataset) accuracy."""
-    from compress.bench.backends import BACKENDS, BackendOptions
+    from compress.bench.backends import BackendOptions
     from compress.bench.standalone import (
         BenchRequest,
         bench_artifact,
@@ -150,7 +160,6 @@ def bench(
         load_or_bench,
         results_table,
     )
-    from compress.bench.timing import TimingPlan
     from compress.io import write_json
 
     if backend is not None and backend not in BACKENDS:

@@ -18,11 +18,17 @@ PERCENTILES = {"p50": 50, "p90": 90, "p95": 95, "p99": 99, "p99_9": 99.9}
 
 @dataclass(frozen=True)
 class TimingPlan:
+    """The defaults are ``compress bench``'s (one artifact)."""
+
     warmup_iterations: int = 10
     warmup_seconds: float = 0.5
     min_iterations: int = 1000
     min_seconds: float = 3.0
     max_seconds: float = 30.0
+
+
+# the bench stage times several models x batch sizes in one run: a shorter cap on each
+STAGE_PLAN = TimingPlan(max_seconds=20.0)
 
 
 def time_calls(fn: Callable[[], object], plan: TimingPlan) -> np.ndarray:

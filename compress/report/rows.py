@@ -15,11 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from compress.manifest import Manifest
+from compress.registry import BACKENDS
 
 FORMATS = {".pt": "PyTorch", ".onnx": "ONNX", ".engine": "TensorRT", ".plan": "TensorRT"}
-RUNTIMES = {"onnxruntime": "onnxruntime", "onnxruntime-fp32": "onnxruntime",
-            "torch": "PyTorch eager", "torch-compile": "torch.compile",
-            "tensorrt": "TensorRT", "tensorrt-e2e": "TensorRT, with copies"}  # fmt: skip
 
 
 @dataclass
@@ -54,8 +52,9 @@ class ModelRow:
 def runtime_name(label: str) -> str:
     """A bench label (onnxruntime, torch, teacher_torch-cuda...) as a reader names the runtime."""
     label = label.removeprefix("teacher_")
-    backend = label.removesuffix("-cuda")
-    return RUNTIMES.get(backend, backend) + (", cuda" if label.endswith("-cuda") else "")
+    backend = label.removesuffix("-cuda").removesuffix("-fp32")  # the FP32 twin: same runtime
+    title = BACKENDS.get(backend).title if backend in BACKENDS else label.removesuffix("-cuda")
+    return title + (", cuda" if label.endswith("-cuda") else "")
 
 
 def model_rows(manifest: Manifest) -> list[ModelRow]:

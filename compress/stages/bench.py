@@ -19,16 +19,18 @@ from compress.bench.environment import environment
 from compress.bench.facts import model_facts
 from compress.bench.samples import save_samples
 from compress.bench.sidebyside import onnx_side_by_side
-from compress.bench.timing import TimingPlan, summarize
+from compress.bench.timing import STAGE_PLAN, TimingPlan, summarize
+from compress.config.base import registered
 from compress.export.onnx import onnx_logits, onnx_session
 from compress.io import write_json
+from compress.registry import BACKENDS
 from compress.stages.base import STAGES, StageConfig, StageContext, StageResult, StageSpec
 from compress.ui import console
 
 
 class BenchConfig(StageConfig):
     type: Literal["bench"] = "bench"
-    backends: list[Literal["onnxruntime", "torch", "torch-compile", "tensorrt"]] = Field(
+    backends: list[registered(BACKENDS)] = Field(  # type: ignore[valid-type]
         default_factory=lambda: ["onnxruntime", "torch"],
         description="onnxruntime runs the ONNX file (and its FP32 twin after ptq/qat); torch "
         "(eager) and torch-compile run the model it was exported from; tensorrt the engine "
@@ -43,11 +45,21 @@ class BenchConfig(StageConfig):
     )
     include_teacher: bool = Field(True, description="also time the teacher in PyTorch (eager)")
     threads: int | None = Field(None, ge=1, description="inference threads; default: all cores")
-    warmup_iterations: int = Field(10, ge=0, description="untimed calls first...")
-    warmup_seconds: float = Field(0.5, ge=0.0, description="...and for at least this long")
-    min_iterations: int = Field(1000, ge=1, description="timed calls, at least...")
-    min_seconds: float = Field(3.0, ge=0.0, description="...and for at least this long")
-    max_seconds: float = Field(20.0, gt=0.0, description="per backend and batch size")
+    warmup_iterations: int = Field(
+        STAGE_PLAN.warmup_iterations, ge=0, description="untimed calls first..."
+    )
+    warmup_seconds: float = Field(
+        STAGE_PLAN.warmup_seconds, ge=0.0, description="...and for at least this long"
+    )
+    min_iterations: int = Field(
+        STAGE_PLAN.min_iterations, ge=1, description="timed calls, at least..."
+    )
+    min_seconds: float = Field(
+        STAGE_PLAN.min_seconds, ge=0.0, description="...and for at least this long"
+    )
+    max_seconds: float = Field(
+        STAGE_PLAN.max_seconds, gt=0.0, description="per backend and batch size"
+    )
     ratio_rounds: int = Field(
         10, ge=2, description="interleaved rounds timing INT8 vs FP32 ONNX for their speed-up"
     )
@@ -179,18 +191,19 @@ def _targets(cfg: BenchConfig, ctx: StageContext) -> tuple[list[Target], list[st
             continue
         suffix = "" if device == "cpu" else f"-{device}"
         for backend in cfg.backends:
-            if backend == "onnxruntime":
+            runs = BACKENDS.get(backend).runs
+            if runs == "onnx":
                 targets.append(Target(backend + suffix, backend, device, onnx_input.path("onnx"),
                                       onnx_input.stage, "onnx"))  # fmt: skip
                 if "onnx_fp32" in artifacts:
                     targets.append(Target(f"{backend}-fp32{suffix}", backend, device,
                                           onnx_input.path("onnx_fp32"), onnx_input.stage,
                                           "onnx_fp32"))  # fmt: skip
-            elif backend == "tensorrt":
+            elif runs == "engine":
                 if device != "cuda":
-                    skipped.append("tensorrt: runs on cuda only; add cuda to devices")
+                    skipped.append(f"{backend}: runs on cuda only; add cuda to devices")
                 elif "tensorrt" not in artifacts:
-                    skipped.append("tensorrt: the export stage built no engine (formats)")
+                    skipped.append(f"{backend}: the export stage built no engine (formats)")
                 else:
                     targets.append(Target(backend + suffix, backend, device,
                                           onnx_input.path("tensorrt"), onnx_input.stage,
