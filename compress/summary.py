@@ -5,16 +5,16 @@ from __future__ import annotations
 from rich.table import Table
 
 from compress.manifest import Manifest
-from compress.report.rows import model_rows as report_rows
+from compress.report.rows import model_rows
 
 COLUMNS = ("model", "top1", "params", "size", "batch", "p50 ms", "p99 ms", "img/s")
 
 
-def model_rows(manifest: Manifest) -> list[dict[str, str]]:
+def summary_rows(manifest: Manifest) -> list[dict[str, str]]:
     """The report's model rows (every model file, each timed runtime), formatted; one line per
     batch size where latency was measured."""
     rows: list[dict[str, str]] = []
-    for row in report_rows(manifest):
+    for row in model_rows(manifest):
         runtime = "" if row.runtime is None else f", {row.runtime_name}"
         head = {"model": row.name + runtime, "top1": _pct(row.top1),
                 "params": _millions(row.params), "size": _mb(row.bytes)}  # fmt: skip
@@ -44,7 +44,7 @@ def summary_table(manifest: Manifest) -> Table:
     table = Table(title=f"run {manifest.data.get('pipeline', {}).get('name', '')}")
     for column in COLUMNS:
         table.add_column(column, justify="left" if column == "model" else "right")
-    for row in model_rows(manifest):
+    for row in summary_rows(manifest):
         table.add_row(*[row.get(c, "") for c in COLUMNS])
     return table
 
@@ -57,6 +57,6 @@ def summary_markdown(manifest: Manifest) -> str:
             f"| {name} | {entry['type']} | {entry['status']} | {entry.get('seconds', '-')} |"
         )
     lines += ["", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for row in model_rows(manifest):
+    for row in summary_rows(manifest):
         lines.append("| " + " | ".join(row.get(c, "") for c in COLUMNS) + " |")
     return "\n".join(lines) + "\n"

@@ -87,8 +87,8 @@ def test_teacher_table_pairs_each_teacher_with_its_students(tmp_path: Path, monk
     rows = report.teacher_table(manifest)
     assert [(r["teacher"], r["arch"], r["teacher_top1"]) for r in rows] == [
         ("resnet18", "resnet18", 0.90), ("resnet34", "resnet34", 0.92)]  # fmt: skip
-    assert [r["top1_mean"] for r in rows] == pytest.approx([85.5, 86.5])
-    assert [r["gain_vs_baseline"] for r in rows] == pytest.approx([5.0, 6.0])
+    assert [r["top1_mean"] for r in rows] == pytest.approx([0.855, 0.865])
+    assert [r["gain_vs_baseline"] for r in rows] == pytest.approx([0.05, 0.06])
     assert [r["method"] for r in methods_table(manifest)] == ["teacher", "kd", "baseline"]
     written = {p.name for p in write_compare_report(manifest)}
     assert {"teachers.md", "teachers.csv", "teachers.png"} <= written
@@ -114,9 +114,9 @@ def test_methods_table_ranks_and_reports_mean_std_gain(tmp_path: Path):
     rows = methods_table(fake_manifest(tmp_path))
     assert [r["method"] for r in rows] == ["teacher", "kd", "baseline"]
     kd = rows[1]
-    assert kd["top1_mean"] == pytest.approx(86.0)
-    assert kd["top1_std"] == pytest.approx(1.41421, rel=1e-4)  # sample std of 85 and 87
-    assert kd["gain_vs_baseline"] == pytest.approx(5.0)
+    assert kd["top1_mean"] == pytest.approx(0.86)  # a fraction, like the manifest's top1
+    assert kd["top1_std"] == pytest.approx(0.0141421, rel=1e-4)  # sample std of .85 and .87
+    assert kd["gain_vs_baseline"] == pytest.approx(0.05)
 
 
 def test_sweeps_include_the_matching_method_cell(tmp_path: Path):
@@ -124,7 +124,7 @@ def test_sweeps_include_the_matching_method_cell(tmp_path: Path):
     temperature = sweep_table(manifest, "temperature")
     assert [(r["temperature"], r["seeds"]) for r in temperature] == [(2.0, 2), (4.0, 2)]
     alpha = sweep_table(manifest, "alpha")
-    assert [(r["alpha"], round(r["top1_mean"], 2)) for r in alpha] == [(0.5, 86.0), (0.9, 82.0)]
+    assert [(r["alpha"], round(r["top1_mean"], 4)) for r in alpha] == [(0.5, 0.86), (0.9, 0.82)]
 
 
 def test_report_files(tmp_path: Path, monkeypatch):
@@ -193,7 +193,7 @@ def test_report_writes_one_table_per_dataset(tmp_path: Path, monkeypatch):
     for dataset, by_method in accuracies.items():
         with open(tmp_path / "compare" / dataset / "methods.csv") as f:
             rows = {row["method"]: float(row["top1_mean"]) for row in csv.DictReader(f)}
-        expected = {"teacher": 90.0, **{m: 100 * a + 0.5 for m, a in by_method.items()}}
+        expected = {"teacher": 0.90, **{m: a + 0.005 for m, a in by_method.items()}}
         assert rows == pytest.approx(expected)
         assert f"on {dataset}" in (tmp_path / "compare" / dataset / "methods.md").read_text()
 

@@ -1,4 +1,4 @@
-"""The pipeline file reference in the README is generated from the models and must stay so."""
+"""The pipeline file reference is generated from the config models, and one command away."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from compress.config.base import DataConfig
 from compress.config.reference import (
     END,
     START,
-    Block,
+    KeyTable,
     current_block,
     missing_descriptions,
     reference_markdown,
@@ -29,7 +29,7 @@ def test_a_key_added_without_a_description_is_caught(monkeypatch):
         documented: int = Field(4, description="a documented knob")
 
     real = reference.blocks()
-    extra = Block("`data`", Extended, ["new_knob", "documented"], "test")
+    extra = KeyTable("`data`", Extended, ["new_knob", "documented"], "test")
     monkeypatch.setattr(reference, "blocks", lambda: [*real, extra])
     assert missing_descriptions() == ["`data`: new_knob"]
 
@@ -57,12 +57,13 @@ def test_reference_shows_types_defaults_and_bounds():
         assert heading in text
 
 
-def test_readme_block_is_up_to_date_with_the_models():
+def test_the_readme_says_how_to_get_the_reference_and_the_cli_prints_it(cli):
+    """The generated reference is one command away, not pasted into the README to drift."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert current_block(readme) == reference_markdown(), (
-        "README's pipeline file reference is out of date: run `make docs` "
-        "(compress config-reference --readme README.md)"
-    )
+    assert START not in readme and "compress config-reference" in readme
+    result = cli("config-reference")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == reference_markdown()
 
 
 def test_replace_block_keeps_the_rest_of_the_file():

@@ -48,7 +48,8 @@ def cell_results(
 
 
 def _summary(records: list[dict[str, Any]]) -> tuple[float, float, int]:
-    values = [100 * r["top1"] for r in records]
+    """Mean and sample std of top-1 over seeds: fractions, like every top1 of the manifest."""
+    values = [r["top1"] for r in records]
     std = statistics.stdev(values) if len(values) > 1 else 0.0
     return statistics.fmean(values), std, len(values)
 
@@ -83,7 +84,7 @@ def methods_table(manifest: Manifest, dataset: str | None = None) -> list[dict[s
     rows.sort(key=lambda r: -r["top1_mean"])
     _, teacher = _teacher_stage(manifest, dataset) or (None, None)
     if teacher and teacher.get("status") == "done":
-        top1 = 100 * teacher["metrics"]["top1"]
+        top1 = teacher["metrics"]["top1"]
         gain = None if baseline is None else top1 - baseline
         params = teacher["metrics"].get("params")
         rows.insert(0, {"method": "teacher", "top1_mean": top1, "top1_std": 0.0, "seeds": 1,
@@ -181,12 +182,10 @@ def _markdown(rows: list[dict[str, Any]], title: str) -> str:
 def _cell(key: str, value: Any) -> str:
     if value is None:
         return "-"
-    if key == "top1_mean":
-        return f"{value:.2f}%"
-    if key in ("top1_std", "gain_vs_baseline"):
-        return f"{value:+.2f}" if key == "gain_vs_baseline" else f"±{value:.2f}"
-    if key == "teacher_top1":
+    if key in ("top1_mean", "teacher_top1"):  # fractions, shown as percentages
         return f"{100 * value:.2f}%"
+    if key in ("top1_std", "gain_vs_baseline"):  # in points
+        return f"{100 * value:+.2f}" if key == "gain_vs_baseline" else f"±{100 * value:.2f}"
     if key in ("params", "teacher_params"):
         return f"{value / 1e6:.2f}M"
     if isinstance(value, float) and not math.isnan(value):
@@ -249,10 +248,10 @@ def _plots(out_dir: Path, methods, temperature, alpha, teachers) -> list[Path]:
         fig, ax = plt.subplots(figsize=(8, 4))
         names = [r["method"] for r in methods]
         colors = ["#888" if n == "teacher" else "#3b75af" for n in names]
-        means, stds = [r["top1_mean"] for r in methods], [r["top1_std"] for r in methods]
+        means, stds = _pct(methods, "top1_mean"), _pct(methods, "top1_std")
         ax.bar(names, means, yerr=stds, capsize=4, color=colors)
-        low = min(r["top1_mean"] - r["top1_std"] for r in methods)
-        ax.set_ylim(max(0.0, low - 2), min(100.0, max(r["top1_mean"] for r in methods) + 1.5))
+        low = min(m - s for m, s in zip(means, stds, strict=True))
+        ax.set_ylim(max(0.0, low - 2), min(100.0, max(means) + 1.5))
         ax.set_ylabel("test top-1 (%), mean ± std over seeds")
         ax.set_title("Distillation methods")
         plt.setp(ax.get_xticklabels(), rotation=35, ha="right", rotation_mode="anchor")
@@ -264,7 +263,7 @@ def _plots(out_dir: Path, methods, temperature, alpha, teachers) -> list[Path]:
             continue
         fig, ax = plt.subplots(figsize=(6, 4))
         xs = [r[key] for r in rows]
-        ax.errorbar(xs, [r["top1_mean"] for r in rows], yerr=[r["top1_std"] for r in rows],
+        ax.errorbar(xs, _pct(rows, "top1_mean"), yerr=_pct(rows, "top1_std"),
                     marker="o", capsize=4, label="student top-1")  # fmt: skip
         ax.set_xlabel(label)
         ax.set_ylabel("test top-1 (%)")
@@ -280,8 +279,8 @@ def _plots(out_dir: Path, methods, temperature, alpha, teachers) -> list[Path]:
     if teachers:
         fig, ax = plt.subplots(figsize=(6, 4))
         names = [f"{r['teacher']}\n{(r['teacher_params'] or 0) / 1e6:.1f}M" for r in teachers]
-        ax.errorbar(names, [r["top1_mean"] for r in teachers],
-                    yerr=[r["top1_std"] for r in teachers], marker="o", capsize=4,
+        ax.errorbar(names, _pct(teachers, "top1_mean"),
+                    yerr=_pct(teachers, "top1_std"), marker="o", capsize=4,
                     label="student top-1 (mean ± std)")  # fmt: skip
         done = [(n, r) for n, r in zip(names, teachers, strict=True) if r["teacher_top1"]]
         ax.plot([n for n, _ in done], [100 * r["teacher_top1"] for _, r in done], "s--",
@@ -293,6 +292,11 @@ def _plots(out_dir: Path, methods, temperature, alpha, teachers) -> list[Path]:
         fig.tight_layout()
         paths.append(_save(fig, out_dir / "teachers.png"))
     return paths
+
+
+def _pct(rows: list[dict[str, Any]], key: str) -> list[float]:
+    """A fraction column of the rows in percent, as the plots show it."""
+    return [100 * r[key] for r in rows]
 
 
 def _save(fig: Any, path: Path) -> Path:

@@ -3,7 +3,8 @@
 Each block of the schema becomes one Markdown table (key, type, default, meaning): the global
 settings, ``data``, the keys every stage has, each registered stage type, the training keys the
 training stages share, nested blocks such as ``model``, and each registered distillation method.
-The README holds the output between two markers; a test regenerates and compares it.
+``compress config-reference`` prints it (``--readme FILE`` rewrites the part of FILE between
+two markers); the README says how to get it.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ _BOUNDS = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
 
 
 @dataclass(frozen=True)
-class Block:
+class KeyTable:
     """One table: the keys of ``model`` listed in ``keys``, under a heading."""
 
     title: str
@@ -47,28 +48,28 @@ class Block:
         return text.replace(" ", "-")
 
 
-def blocks() -> list[Block]:
+def blocks() -> list[KeyTable]:
     """Every table of the reference, in reading order."""
     stages = _pipeline_order(STAGES)
     training = [name for name, spec in stages if issubclass(spec.config, TrainConfig)]
     out = [
-        Block(
+        KeyTable(
             "Global settings",
             PipelineSettings,
             list(PipelineSettings.model_fields),
             "Top-level keys of a pipeline file. Every other top-level key is a stage.",
         ),
-        Block(
+        KeyTable(
             "`data`", DataConfig, list(DataConfig.model_fields), "Which images, and how.", "data."
         ),
-        Block(
+        KeyTable(
             "`gates`",
             GatesConfig,
             list(GatesConfig.model_fields),
             "Optional pass/fail limits, checked after the stages (see [Gates](#gates)).",
             "gates.",
         ),
-        Block(
+        KeyTable(
             "Keys every stage has",
             StageConfig,
             list(StageConfig.model_fields),
@@ -81,9 +82,9 @@ def blocks() -> list[Block]:
         extra = "; plus the [training keys](#training-keys)" if name in training else ""
         keys = [k for k in spec.config.model_fields if k not in own]
         intro = f"{spec.summary[:1].upper()}{spec.summary[1:]}{extra}."
-        out.append(Block(f"`{name}` stage", spec.config, keys, intro, f"{name}."))
+        out.append(KeyTable(f"`{name}` stage", spec.config, keys, intro, f"{name}."))
     out.append(
-        Block(
+        KeyTable(
             "Training keys",
             TrainConfig,
             list(TrainConfig.model_fields),
@@ -93,7 +94,7 @@ def blocks() -> list[Block]:
     for name, spec in sorted(METHODS.items()):
         paper = f" Paper: {spec.paper}." if spec.paper.strip("- ") else ""
         out.append(
-            Block(
+            KeyTable(
                 f"`{name}` method",
                 spec.params,
                 [k for k in spec.params.model_fields if k != "name"],
@@ -127,7 +128,7 @@ def _pipeline_order(stages: Any) -> list[tuple[str, Any]]:
     return ordered
 
 
-def _nested_blocks(documented: list[Block]) -> list[Block]:
+def _nested_blocks(documented: list[KeyTable]) -> list[KeyTable]:
     """A block for each config model that other blocks nest (``model``...), with its users."""
     known = {b.model for b in documented}
     users: dict[type[BaseModel], list[str]] = {}
@@ -137,7 +138,7 @@ def _nested_blocks(documented: list[Block]) -> list[Block]:
                 if model not in known:
                     users.setdefault(model, []).append(f"`{block.path}{key}`")
     return [
-        Block(
+        KeyTable(
             f"`{_short_name(model)}` block",
             model,
             list(model.model_fields),
@@ -195,7 +196,7 @@ def missing_descriptions() -> list[str]:
     ]
 
 
-def _type_text(annotation: Any, links: dict[type[BaseModel], Block]) -> str:
+def _type_text(annotation: Any, links: dict[type[BaseModel], KeyTable]) -> str:
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is typing.Annotated:
         return _type_text(args[0], links)
