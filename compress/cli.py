@@ -11,6 +11,7 @@ import typer
 from rich.markup import escape
 
 from compress.bench.timing import TimingPlan
+from compress.data.fetch import fetchable
 from compress.errors import CompressError
 from compress.registry import BACKENDS
 from compress.ui import console
@@ -303,7 +304,7 @@ RootOption = Annotated[
 
 @data_app.command("fetch")
 def data_fetch(
-    name: Annotated[str, typer.Argument(help="fashion-mnist, cifar10, cifar100, tiny-imagenet.")],
+    name: Annotated[str, typer.Argument(help=f"{', '.join(fetchable())}.")],
     root: RootOption = None,
     archive: Annotated[
         str | None,
@@ -320,7 +321,9 @@ def data_fetch(
 
 @data_app.command("check")
 def data_check(
-    name: Annotated[str | None, typer.Argument(help="One dataset; default: all four.")] = None,
+    name: Annotated[
+        str | None, typer.Argument(help="One dataset; default: all that data fetch gets.")
+    ] = None,
     root: RootOption = None,
     decode: Annotated[
         bool, typer.Option(help="Decode every image file to find corrupt ones.")
@@ -328,9 +331,8 @@ def data_check(
 ) -> None:
     """What is present, images per split and class, and files that do not decode (exit 1)."""
     from compress.data.check import check_dataset, class_table, summary_table
-    from compress.data.fetch import FETCHERS
 
-    names = [name] if name else FETCHERS.names()
+    names = [name] if name else fetchable()
     checks = [check_dataset(n, root, decode) for n in names]
     console.print(summary_table(checks))
     for check in checks:

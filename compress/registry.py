@@ -90,7 +90,7 @@ METHODS: Registry[Any] = Registry(
     "distillation method", discover=("compress.distill.methods", "compress.distill.mix")
 )
 BACKENDS: Registry[Any] = Registry("bench backend", discover=("compress.bench.backends",))
-DATASETS: Registry[Any] = Registry("dataset", discover=("compress.data.datasets",))
+DATASETS: Registry[Any] = Registry("dataset", discover=("compress.data.sources",))
 MODELS: Registry[Any] = Registry("model", discover=("compress.models.registry",))
 IMPORTANCES: Registry[Any] = Registry(
     "pruning importance", discover=("compress.prune.importances",)

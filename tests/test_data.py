@@ -9,9 +9,10 @@ import torch
 from PIL import Image
 
 from compress.config.base import DataConfig
-from compress.data.datasets import DATASETS, decode_image
+from compress.data.datasets import decode_image
 from compress.data.module import DataModule, augment_batch, resize_uint8
 from compress.errors import DataError
+from compress.registry import DATASETS
 
 
 def test_fashion_idx_files_load_with_subsets_and_val_split(fake_fashion: Path):

@@ -10,17 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from compress.data import fetch as fetch_module
 from compress.data.check import check_dataset
-from compress.data.datasets import DATASETS
-from compress.data.fetch import (
-    TINY_URL,
-    fetch,
-    fetch_tiny_imagenet,
-    md5_file,
-    reorganise_tiny_val,
-)
+from compress.data.fetch import fetch, fetchable, md5_file
+from compress.data.sources.tiny_imagenet import TINY_URL, fetch_tiny_imagenet, reorganise_tiny_val
 from compress.errors import CompressError, DataError
+from compress.registry import DATASETS
 from tests.conftest import write_idx
 
 WNIDS = ["n01443537", "n01629819"]
@@ -234,8 +228,8 @@ def test_data_check_cli_exits_non_zero_and_names_the_corrupt_file(tmp_path: Path
     assert "ok" in good.stdout
 
 
-def test_fetch_module_has_the_four_datasets():
-    assert fetch_module.FETCHERS.names() == [
+def test_the_four_datasets_with_a_fetcher_are_fetchable():
+    assert fetchable() == [
         "cifar10",
         "cifar100",
         "fashion-mnist",

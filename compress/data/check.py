@@ -9,9 +9,9 @@ from pathlib import Path
 
 from rich.table import Table
 
-from compress.data.datasets import DATASETS, ImageSource, decode_image
-from compress.data.fetch import FETCHERS
+from compress.data.datasets import ImageSource, decode_image
 from compress.errors import DataError
+from compress.registry import DATASETS
 from compress.ui import progress
 
 
@@ -34,7 +34,7 @@ class DatasetCheck:
 def check_dataset(name: str, root: Path | None = None, decode: bool = True) -> DatasetCheck:
     """Load ``name`` without downloading; with ``decode``, decode every image file once."""
     info = DATASETS.get(name)
-    fetcher = FETCHERS.get(name) if name in FETCHERS else None
+    fetcher = info.fetcher
     result = DatasetCheck(name)
     try:
         train, test = info.load(root, False)

@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from compress.config.base import DataConfig
-from compress.data.datasets import DATASETS, IMAGE_SUFFIXES, ImageSource, images_under
+from compress.data.datasets import IMAGE_SUFFIXES, ImageSource, images_under
 from compress.errors import DataError
+from compress.registry import DATASETS
 from compress.ui import console
 
 MEMORY_CACHE_LIMIT = 4 << 30  # bytes of uint8 pixels kept in RAM under cache: auto

@@ -1,0 +1,1 @@
+"""The datasets, one module each; each registers its ``DatasetInfo`` in ``DATASETS``."""
