@@ -52,9 +52,9 @@ def run_pipeline_dict(pipeline: dict, tmp_path: Path) -> tuple[str, dict]:
 
 
 def fashion_available() -> bool:
-    from compress.data.datasets import _fashion_folder
+    from compress.data.sources.fashion_mnist import fashion_folder
 
-    return _fashion_folder(None)[0] is not None
+    return fashion_folder(None)[0] is not None
 
 
 requires_fashion = pytest.mark.skipif(
@@ -80,6 +80,32 @@ def tiny_pipeline(**overrides) -> dict:
     for key, value in overrides.items():
         raw[key] = value
     return raw
+
+
+@pytest.fixture(scope="session")
+def tiny_run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run directory written by a real ``compress run`` of ``tiny_pipeline()`` (teacher,
+    distill, export, bench), once per session; tests copy it (``tiny_run``) before changing it."""
+    if not fashion_available() and not os.environ.get("CI"):
+        pytest.skip(
+            "Fashion-MNIST not installed (make data, or apt-get install dataset-fashion-mnist)"
+        )
+    import yaml
+
+    folder = tmp_path_factory.mktemp("tiny_run")
+    pipeline = folder / "tiny.yaml"
+    pipeline.write_text(yaml.safe_dump(tiny_pipeline(), sort_keys=False))
+    result = run_cli("run", str(pipeline), "--run-dir", str(folder / "run"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    return folder / "run"
+
+
+@pytest.fixture
+def tiny_run(tiny_run_dir: Path, tmp_path: Path) -> Path:
+    """A private copy of the session's real tiny run."""
+    import shutil
+
+    return Path(shutil.copytree(tiny_run_dir, tmp_path / "run"))
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

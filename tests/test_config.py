@@ -9,6 +9,7 @@ import yaml
 
 from compress.config.load import apply_override, load_pipeline, parse_pipeline
 from compress.errors import CompressError, ConfigError
+from compress.registry import STAGES
 from tests.conftest import ROOT, tiny_pipeline
 
 
@@ -109,7 +110,11 @@ def test_baseline_needs_no_teacher():
     raw = tiny_pipeline()
     del raw["teacher"]
     raw["distill"]["method"] = "baseline"
-    parse_pipeline(raw)
+    distill = dict(parse_pipeline(raw).stage_items())["distill"]
+    assert not distill.uses_teacher()
+    assert STAGES.get("distill").consumes(distill) == {"teacher": False}  # the runner loads none
+    raw["distill"]["method"] = "kd"  # the same pipeline with a method that needs one
+    assert "stage 'distill' needs the teacher output" in error_of(raw)
 
 
 def test_overrides_apply_to_any_key_and_are_validated():

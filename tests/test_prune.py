@@ -7,12 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from compress.errors import CompressError
 from compress.export.onnx import export_onnx, onnx_session
 from compress.models import ModelSpec, build_model, load_model, save_model
 from compress.prune.structured import PruneTarget, count_macs_params, prune
+from compress.registry import IMPORTANCES
 
 EXAMPLE = torch.randn(1, 3, 16, 16)
 
@@ -63,9 +65,40 @@ def test_channels_are_rounded_to_multiples_of_8_and_depthwise_stays_depthwise():
     assert sum(c % 8 == 0 for c in hidden) >= len(hidden) - 2  # the stem and tiny layers may not
 
 
-@pytest.mark.parametrize("importance", ["l1", "bn_scale", "lamp"])
-def test_every_importance_prunes(importance):
-    model, _ = pruned("mobilenet_v2", PruneTarget("channels", 0.3), importance=importance)
+@pytest.mark.parametrize("importance", IMPORTANCES.names())
+def test_every_importance_removes_the_dead_channels_first(importance):
+    """Channels whose weights, BatchNorm and consumers are all zero carry nothing: every
+    importance must rank them lowest, so pruning 30% of a layer removes all 12 of its 48."""
+    torch.manual_seed(0)
+    model = build_model(ModelSpec("mobilenet_v2", 10, 3, 0.5, "compact"))
+    expand, bn, depthwise, dw_bn = (
+        model.features[2].conv[0][0],
+        model.features[2].conv[0][1],
+        model.features[2].conv[1][0],
+        model.features[2].conv[1][1],
+    )
+    dead = torch.arange(0, 48, 4)  # 12 of the block's 48 hidden channels
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                nn.init.uniform_(m.weight, 0.5, 1.0)
+        for layer in (expand, depthwise):
+            layer.weight[dead] = 0.0
+        for norm in (bn, dw_bn):
+            norm.weight[dead], norm.bias[dead] = 0.0, 0.0
+        model.features[2].conv[2].weight[:, dead] = 0.0
+    x, y = torch.randn(8, 3, 16, 16), torch.arange(8) % 10
+
+    def gradients() -> None:  # for taylor: the loss's gradients on one batch
+        F.cross_entropy(model(x), y).backward()
+
+    prune(model, EXAMPLE, importance=importance, target=PruneTarget("channels", 0.3),
+          global_ranking=False, steps=1, round_to=8, ignored_layers=[],
+          accumulate_gradients=gradients)  # fmt: skip
+    expand = model.features[2].conv[0][0]
+    assert expand.out_channels < 48
+    alive = expand.weight.flatten(1).abs().sum(1) > 0
+    assert bool(alive.all()), f"{importance} kept {int((~alive).sum())} dead channels"
     assert model(EXAMPLE).shape == (1, 10)
 
 
