@@ -6,13 +6,17 @@ alternating short rounds (A B B A A B ...) spreads it over both, so their ratio 
 
 from __future__ import annotations
 
+import copy
+import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
+from torch import nn
 
 from compress.bench.backends import BackendOptions, load_runner
 from compress.bench.timing import TimingPlan, summarize, time_calls
+from compress.export.onnx import export_onnx
 
 
 def interleaved_latency(
@@ -55,3 +59,16 @@ def onnx_side_by_side(
         calls = {name: (lambda r=r, b=batch: r.call(b)) for name, r in runners.items()}
         out[bs] = interleaved_latency(calls, bs, rounds=rounds)
     return out
+
+
+def models_side_by_side(
+    models: dict[str, nn.Module], input_chw: tuple[int, int, int], batch_size: int
+) -> dict[str, dict[str, float]]:
+    """onnxruntime latency of in-memory PyTorch models, each exported to a temporary ONNX file
+    (opset 18, free batch) and timed interleaved at ``batch_size``: ``{name: stats}``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {name: Path(tmp) / f"{name}.onnx" for name in models}
+        for name, model in models.items():
+            export_onnx(copy.deepcopy(model), paths[name], input_shape=input_chw, opset=18,
+                        dynamic_batch=True, metadata={})  # fmt: skip
+        return onnx_side_by_side(paths, input_chw, [batch_size])[batch_size]

@@ -8,9 +8,7 @@ side in interleaved rounds, so the speed-up is a ratio from one measurement, not
 from __future__ import annotations
 
 import copy
-import tempfile
 from dataclasses import replace
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -18,10 +16,9 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 from compress import distributed
-from compress.bench.sidebyside import onnx_side_by_side
+from compress.bench.sidebyside import models_side_by_side
 from compress.config.base import TrainConfig, registered
 from compress.distill.config import DistillSettings
-from compress.export.onnx import export_onnx
 from compress.models import load_model
 from compress.prune.structured import PruneTarget, count_macs_params, prune
 from compress.registry import IMPORTANCES
@@ -141,12 +138,7 @@ def _side_by_side(
 ) -> dict[str, dict[str, float]]:
     pre = ctx.data().preprocess
     shape = (pre.channels, pre.size, pre.size)
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = {"unpruned": Path(tmp) / "unpruned.onnx", "pruned": Path(tmp) / "pruned.onnx"}
-        for name, model in (("unpruned", unpruned), ("pruned", copy.deepcopy(pruned))):
-            export_onnx(model, paths[name], input_shape=shape, opset=18, dynamic_batch=True,
-                        metadata={})  # fmt: skip
-        stats = onnx_side_by_side(paths, shape, [batch_size])[batch_size]
+    stats = models_side_by_side({"unpruned": unpruned, "pruned": pruned}, shape, batch_size)
     for name, s in stats.items():
         console.print(f"  {name:<9} onnxruntime batch {batch_size}: p50 {s['p50']:.3f} ms, "
                       f"{s['throughput']:,.0f} img/s")  # fmt: skip
