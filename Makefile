@@ -52,4 +52,4 @@ docs: setup
 	$(BIN)/compress config-reference
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache .import_linter_cache
