@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from compress.bench.backends import BackendOptions, default_backend, load_runner
+from compress.bench.environment import environment
 from compress.bench.facts import model_facts
-from compress.bench.standalone import describe_artifact, environment
+from compress.bench.standalone import describe_artifact
 from compress.bench.timing import TimingPlan, summarize
 
 BATCH_SIZES = (1, 32)
@@ -42,7 +43,7 @@ def artifacts(run_dir: Path) -> list[tuple[str, Path, float | None]]:
         for key, record in entry.get("artifacts", {}).items():
             path = run_dir / record["path"]
             if path.suffix not in (".pt", ".onnx") or not record["path"].startswith(f"{stage}/"):
-                continue  # not a model, or another stage's file (a quantized stage's float_model)
+                continue  # not a model, or another stage's file (float_model, source_model)
             top1 = entry.get("metrics", {}).get("top1", onnx_top1.get((stage, key)))
             kind = "PyTorch eager" if path.suffix == ".pt" else "ONNX, onnxruntime"
             if key == "onnx_fp32" or (key == "onnx" and "runtime_ops" in entry.get("metrics", {})):
