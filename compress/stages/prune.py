@@ -31,7 +31,7 @@ from compress.ui import console
 class PruneConfig(DistillSettings, TrainConfig, StageConfig):
     type: Literal["prune"] = "prune"
     importance: registered(IMPORTANCES) = Field(  # type: ignore[valid-type]
-        "l2", description="channel importance (compress/prune/importances/)"
+        "l2", description="how channels are ranked for removal"
     )
     global_ranking: bool = Field(False, description="rank channels across layers, not per layer")
     keep_macs: float | None = Field(
