@@ -91,7 +91,7 @@ METHODS: Registry[Any] = Registry(
 )
 BACKENDS: Registry[Any] = Registry("bench backend", discover=("compress.bench.backends",))
 DATASETS: Registry[Any] = Registry("dataset", discover=("compress.data.sources",))
-MODELS: Registry[Any] = Registry("model", discover=("compress.models.registry",))
+MODELS: Registry[Any] = Registry("model", discover=("compress.models",))
 IMPORTANCES: Registry[Any] = Registry(
     "pruning importance", discover=("compress.prune.importances",)
 )
