@@ -69,7 +69,7 @@ def test_unlabeled_rows_get_no_cross_entropy(name):
     gen = torch.Generator().manual_seed(0)
     spec = METHODS.get(name)
     params = spec.params()
-    from tests.test_distill_methods import random_features
+    from tests.distill.test_distill_methods import random_features
 
     features, shapes = random_features(params, batch=8, requires_grad=False)
     student = torch.randn(8, 10, generator=gen)
