@@ -167,16 +167,8 @@ def bench(
         raise CompressError(BACKENDS.unknown_message(backend))
     if device not in ("cpu", "cuda") or dtype not in ("fp32", "fp16", "bf16"):
         raise CompressError("--device is cpu or cuda; --dtype is fp32, fp16 or bf16")
-    try:
-        sizes = tuple(int(s) for s in batch_sizes.split(",") if s.strip())
-    except ValueError:
-        raise CompressError(
-            f"--batch-sizes expects numbers like 1,32, got '{batch_sizes}'"
-        ) from None
-    if not sizes or min(sizes) < 1:
-        raise CompressError(f"--batch-sizes expects positive numbers, got '{batch_sizes}'")
     request = BenchRequest(
-        batch_sizes=sizes,
+        batch_sizes=_batch_sizes(batch_sizes),
         backend=backend,
         options=BackendOptions(threads, device, dtype),  # type: ignore[arg-type]
         plan=TimingPlan(
@@ -202,6 +194,91 @@ def bench(
     if json_path:
         write_json(json_path, results)
         console.print(f"wrote {json_path}")
+
+
+@app.command()
+def quantize(
+    model: Annotated[Path, typer.Argument(help="An FP32 ONNX classifier (anyone's).")],
+    out: Annotated[Path, typer.Option(help="Where to write the INT8 ONNX file.")],
+    dataset: Annotated[
+        str | None, typer.Option(help="Calibrate on its train split, measure on its test split.")
+    ] = None,
+    images: Annotated[
+        Path | None,
+        typer.Option(help="Or a folder: train/ + test/ class trees, a class tree, or flat images."),
+    ] = None,
+    data_root: Annotated[Path | None, typer.Option(help="Folder holding the dataset.")] = None,
+    calibration_images: Annotated[
+        int, typer.Option(min=1, help="Training images drawn at random to set activation ranges.")
+    ] = 1024,
+    per_channel: Annotated[
+        bool, typer.Option(help="One weight scale per output channel (else per tensor).")
+    ] = True,
+    reduce_range: Annotated[
+        str, typer.Option(help="7-bit weights: auto (on for x86 without VNNI) | on | off.")
+    ] = "auto",
+    mean: Annotated[
+        str | None, typer.Option(help="Per-channel mean, e.g. 0.485,0.456,0.406.")
+    ] = None,
+    std: Annotated[
+        str | None, typer.Option(help="Per-channel std, e.g. 0.229,0.224,0.225.")
+    ] = None,
+    image_size: Annotated[
+        int | None, typer.Option(min=8, help="Input size, when the graph's is dynamic.")
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Measure accuracy on only N test images.")
+    ] = None,
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes timed.")] = "1,32",
+    threads: Annotated[int | None, typer.Option(help="Inference threads.")] = None,
+    rounds: Annotated[int, typer.Option(min=1, help="Interleaved timing rounds.")] = 10,
+    overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write all figures here.")
+    ] = None,
+) -> None:
+    """Static INT8 of an ONNX classifier (onnxruntime, QDQ, uint8 activations, int8 per-channel
+    weights), then its accuracy and speed against the FP32 file, side by side."""
+    from compress.io import write_json
+    from compress.ortquant.measure import results_notes, results_table
+    from compress.ortquant.quantize import QuantizeRequest, quantize_and_measure
+
+    if reduce_range not in ("auto", "on", "off"):
+        raise CompressError(f"--reduce-range is auto, on or off, not '{reduce_range}'")
+    request = QuantizeRequest(
+        source=model, out=out, dataset=dataset, images=images, data_root=data_root,
+        calibration_images=calibration_images, per_channel=per_channel,
+        reduce_range=reduce_range,  # type: ignore[arg-type]
+        mean=_floats("--mean", mean), std=_floats("--std", std), image_size=image_size,
+        limit=limit, batch_sizes=_batch_sizes(batch_sizes), threads=threads, rounds=rounds,
+        overwrite=overwrite,
+    )  # fmt: skip
+    results = quantize_and_measure(request)
+    console.print(results_table(results))
+    for line in results_notes(results):
+        console.print(f"  {escape(line)}", soft_wrap=True)
+    if json_path:
+        write_json(json_path, results)
+        console.print(f"wrote {json_path}")
+
+
+def _floats(option: str, text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise CompressError(f"{option} expects numbers like 0.5,0.5,0.5, got '{text}'") from None
+
+
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise CompressError(f"--batch-sizes expects numbers like 1,32, got '{text}'") from None
+    if not sizes or min(sizes) < 1:
+        raise CompressError(f"--batch-sizes expects positive numbers, got '{text}'")
+    return sizes
 
 
 @app.command()
