@@ -96,10 +96,10 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, y: torch.Tensor, t: fl
     return alpha * F.cross_entropy(student, y) + (1 - alpha) * t * t * soft
 
 
-def timed(fn: Callable[[], object]) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of this process)."""
+def timed(fn: Callable[[str], object], tag: str) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of ``fn(tag)``."""
     wall, cpu = time.perf_counter(), time.process_time()
-    fn()
+    fn(tag)
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
@@ -147,8 +147,8 @@ def main() -> None:
         teacher = teacher.to(memory_format=torch.channels_last).eval().requires_grad_(False)
         s_spec = model_spec(d_cfg.student, data)
         # fill the run's logits cache once, as the first epoch (or an earlier stage) would
-        distill_student(build_model(s_spec), cached_cfg, cached_cfg,
-                        context(pipeline, run_dir, "distill", inputs, "warm"), "warm-up")  # fmt: skip
+        warm = context(pipeline, run_dir, "distill", inputs, "warm")
+        distill_student(build_model(s_spec), cached_cfg, cached_cfg, warm, "warm-up")
         cached = next((run_dir / "cache").glob("teacher_logits-*.pt"))
         logits = torch.load(cached, weights_only=True)["logits"]
 
@@ -198,7 +198,7 @@ def main() -> None:
                 order = ["compress", "bare"] if r % 2 == 0 else ["bare", "compress"]
                 for who in order:
                     tag = f"{who}-{r}-{len(times[name][who])}-{name[:7].replace(' ', '')}"
-                    times[name][who].append(timed(lambda: runs[who](tag)))
+                    times[name][who].append(timed(runs[who], tag))
                 c, b = times[name]["compress"][-1][0], times[name]["bare"][-1][0]
                 print(f"round {r + 1}: {name}: compress {c:.2f}s bare {b:.2f}s -> {b / c:.3f}x",
                       file=sys.stderr)  # fmt: skip
@@ -208,11 +208,12 @@ def main() -> None:
         images = subset
         ratios = [b[0] / c[0] for c, b in zip(t["compress"], t["bare"], strict=True)]
         cpu_ratios = [b[1] / c[1] for c, b in zip(t["compress"], t["bare"], strict=True)]
+        rate = {who: round(images / statistics.median(x[0] for x in t[who]), 1) for who in t}
         rows.append({
             "stage": name,
             "images_per_round": images,
-            "compress_images_per_s": round(images / statistics.median(x[0] for x in t["compress"]), 1),
-            "bare_images_per_s": round(images / statistics.median(x[0] for x in t["bare"]), 1),
+            "compress_images_per_s": rate["compress"],
+            "bare_images_per_s": rate["bare"],
             "ratio": round(statistics.median(ratios), 3),
             "ratio_cpu_seconds": round(statistics.median(cpu_ratios), 3),
             "ratios": [round(x, 3) for x in ratios],
