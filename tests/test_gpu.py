@@ -38,7 +38,7 @@ def _step(precision: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor, fl
         loss = F.cross_entropy(logits, y)
     loss.backward()
     opt.step()
-    moved = max((p - b).abs().max().item() for p, b in zip(model.parameters(), before))
+    moved = max((p - b).abs().max().item() for p, b in zip(model.parameters(), before, strict=True))
     return logits, loss, moved
 
 
