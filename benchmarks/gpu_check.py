@@ -57,7 +57,7 @@ VARIANTS = {  # fp32 eager against the fast path
 # tiny: the same stages and code, on small models and few images (a CPU test runs it)
 TINY = [
     "data.image_size=16", "data.train_subset=256", "data.test_subset=128",
-    "teacher.model.arch=resnet18", "teacher.model.width_mult=0.25",
+    "teacher.model.arch=resnet18",
     "distill.student.width_mult=0.25", "export.parity_images=32",
 ]  # fmt: skip
 
