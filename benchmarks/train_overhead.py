@@ -4,7 +4,8 @@
 
 The quickstart's teacher (ResNet-34, compact stem, batch 64, CE) and distill stage (MobileNetV2,
 cifar stem, batch 128, kd T=4 alpha=0.5), on a fixed Fashion-MNIST subset of ``--steps``
-batches, with the pipeline's thread count (default: every core). Each round times, in turn:
+batches of 128 (the teacher's batches of 64 make twice the steps), with the pipeline's
+thread count (default: every core). Each round times, in turn:
 
 - compress: the function the stage calls (``train_teacher`` / ``distill_student``: the real
   ``fit`` with its progress bar, running metrics, LR schedule, finite-loss check, TensorBoard
@@ -202,7 +203,12 @@ def main() -> None:
                 c, b = times[name]["compress"][-1][0], times[name]["bare"][-1][0]
                 print(f"round {r + 1}: {name}: compress {c:.2f}s bare {b:.2f}s -> {b / c:.3f}x",
                       file=sys.stderr)  # fmt: skip
+            # written after every round, so a run cut short still leaves its figures
+            report(times, args, subset, rounds=r + 1, final=r + 1 == args.rounds)
 
+
+def report(times: dict, args: argparse.Namespace, subset: int, rounds: int, final: bool) -> None:
+    """Median ratios of the rounds so far -> JSON and Markdown (printed after the last)."""
     rows = []
     for name, t in times.items():
         images = subset
@@ -222,13 +228,13 @@ def main() -> None:
         "cpu": cpu_model(),
         "torch": torch.__version__,
         "steps": args.steps,
-        "rounds": args.rounds,
+        "rounds": rounds,
         "command": "PYTHONPATH=. python benchmarks/train_overhead.py "
         f"--steps {args.steps} --rounds {args.rounds}",
         "rows": rows,
     }
     table = [
-        f"CPU: {result['cpu']}; torch {result['torch']}; {args.steps} steps x {args.rounds} "
+        f"CPU: {result['cpu']}; torch {result['torch']}; {args.steps} steps x {rounds} "
         "interleaved rounds; ratio = compress images/s / bare images/s (median of rounds)",
         "",
         "| stage | compress img/s | bare img/s | ratio (wall) | ratio (CPU s) |",
@@ -239,7 +245,8 @@ def main() -> None:
         f"{r['ratio']:.3f}x | {r['ratio_cpu_seconds']:.3f}x |"
         for r in rows
     ]
-    print("\n".join(table))
+    if final:
+        print("\n".join(table))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "train_overhead.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / "train_overhead.md").write_text(
