@@ -89,7 +89,7 @@ def run_pipeline(
                 data_config=cfg.data or pipeline.data,
                 seed=pipeline.seed,
             )
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             # each stage starts from its own seed, so skipping or resuming earlier stages
             # cannot change what this one draws (model init, dropout)
             torch.manual_seed(pipeline.seed * 1_000_003 + zlib.crc32(name.encode()))
@@ -110,6 +110,8 @@ def run_pipeline(
                     metrics=result.metrics,
                     artifacts={k: manifest.artifact_record(p) for k, p in result.artifacts.items()},
                     seconds=round(time.perf_counter() - started, 2),
+                    # CPU time of this process: less sensitive to other load than wall clock
+                    cpu_seconds=round(time.process_time() - cpu_started, 2),
                     finished_at=_now(),
                     versions=manifest.data["versions"],
                 )

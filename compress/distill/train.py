@@ -9,6 +9,7 @@ identical numbers, and the teacher's forward pass (the dearest part on a CPU) is
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,7 +88,9 @@ def distill_student(
     loss_fn.plan(train.epochs * data.steps_per_epoch(batch_size, distributed.world_size()))
     cache = teacher is not None and not teacher_layers
     cache = cache and train.augment == "none" and settings.cache_teacher
+    started = time.perf_counter()
     teacher_logits_for = teacher_source(teachers, teacher_files, data, where, cached=cache)
+    logits_seconds = time.perf_counter() - started
     unlabeled_batch = 0
     if data.unlabeled is not None:
         if teacher is None:
@@ -127,6 +130,8 @@ def distill_student(
             unlabeled_batch=unlabeled_batch,
         )
     result.companion = loss_fn
+    if cache:
+        result.timings["teacher_logits_seconds"] = round(logits_seconds, 2)
     return result
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,9 @@ def finish_model(
 
     Under torchrun every process evaluates its slice of the test split; rank 0 alone writes."""
     data = ctx.data()
+    started = time.perf_counter()
     metrics: dict[str, Any] = evaluate(model, data, data.test, ctx.device)
+    metrics["eval_seconds"] = round(time.perf_counter() - started, 2)
     metrics["params"] = count_params(model)
     metrics["test_images"] = len(data.test)
     if history:

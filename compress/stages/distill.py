@@ -59,7 +59,7 @@ def run(cfg: DistillConfig, ctx: StageContext) -> StageResult:
     student = build_model(spec)
     label = f"{ctx.name} {spec.arch} ({cfg.method_name()})"
     result = distill_in_stage(student, cfg, cfg, ctx, label, seed=cfg.seed)
-    extra: dict = {"method": cfg.method_name(), "seed": cfg.seed}
+    extra: dict = {"method": cfg.method_name(), "seed": cfg.seed, **result.timings}
     peers = getattr(result.companion, "peers", None)
     if peers:  # mutual learning: report the students trained alongside
         data = ctx.data()

@@ -16,7 +16,7 @@ from compress.models import build_model
 from compress.models.checkpoint import extract_state_dict, load_state_dict_checked
 from compress.stages.base import STAGES, StageConfig, StageContext, StageResult, StageSpec
 from compress.stages.common import checkpoint_path, finish_model, model_spec
-from compress.train.loop import fit
+from compress.train.loop import FitResult, fit
 
 
 class TeacherConfig(TrainConfig, StageConfig):
@@ -50,23 +50,29 @@ def run(cfg: TeacherConfig, ctx: StageContext) -> StageResult:
         model.to(ctx.device)
         return finish_model(model, spec, ctx, "teacher", [], {"source": str(cfg.checkpoint)})
 
+    result = train_teacher(model, cfg, ctx, f"{ctx.name} {spec.arch}")
+    return finish_model(model, spec, ctx, "teacher", result.history)
+
+
+def train_teacher(model: nn.Module, cfg: TeacherConfig, ctx: StageContext, label: str) -> FitResult:
+    """Train ``model`` in place with cross-entropy on the stage's data (benchmarks time this)."""
+
     def step_loss(net: nn.Module, _: nn.Module, x: torch.Tensor, y: torch.Tensor, rows):
         logits = net(x)
         return logits, F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
 
-    result = fit(
+    return fit(
         model,
         step_loss,
-        data,
+        ctx.data(),
         cfg,
         device=ctx.device,
         checkpoint=checkpoint_path(ctx),
         fingerprint=ctx.fingerprint,
-        label=f"{ctx.name} {spec.arch}",
+        label=label,
         augment=cfg.augment,
         tensorboard_dir=ctx.stage_dir / "tensorboard",
     )
-    return finish_model(model, spec, ctx, "teacher", result.history)
 
 
 STAGES.register("teacher")(

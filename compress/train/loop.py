@@ -42,6 +42,7 @@ class FitResult:
     resumed_at: str | None = None
     skipped_batches: int = 0
     companion: nn.Module | None = None
+    timings: dict[str, float] = field(default_factory=dict)  # seconds of work around the loop
 
 
 def fit(

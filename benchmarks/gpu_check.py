@@ -1,0 +1,294 @@
+"""One prepared GPU check: the CUDA tests, the quickstart on cuda (fp32 vs bf16 + channels_last),
+``compress bench`` on cuda (eager and torch-compile) and the INT8 student on onnxruntime CPU.
+
+    PYTHONPATH=. python benchmarks/gpu_check.py [--out DIR] [--data-root DIR]
+    PYTHONPATH=. python benchmarks/gpu_check.py --device cpu --tiny   # same code path, tiny, CPU
+
+Without a CUDA device (and ``--device cuda``, the default) it prints one line and exits 0. It
+writes ``gpu_check.json`` and ``gpu_check.md`` to ``--out`` (default ``$OUT``, else
+``./gpu_check_out``) and keeps going past a failing part, recording its error.
+
+On the lent H200 machine (torch with CUDA, onnx, onnxruntime CPU, typer, rich, timm, matplotlib
+are there; pydantic and torch-pruning are not), from the repository root here, once::
+
+    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \\
+        --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \\
+        --platform manylinux2014_x86_64 -d .whl pydantic pydantic-core annotated-types \\
+        typing-inspection typing-extensions torch-pruning pyyaml
+    mkdir -p data && cp -r /usr/share/datasets/fashion-mnist data/    # /.whl/, /data/: ignored
+
+then one device call carrying ``.whl`` and ``data`` (about 8 minutes; timeout_s 540)::
+
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \\
+        --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 \\
+        && python3 benchmarks/gpu_check.py --data-root data
+
+Goals it reports (ratios from the same run): bf16 + channels_last training >= 2x fp32 eager
+images/s; student >= 3x the teacher's throughput at batch 256; p99/p50 <= 1.3 at batch 32 with
+torch-compile; bf16 top-1 within 0.5 point of fp32. TensorRT and onnxruntime-gpu are too large
+to carry there, so those backends stay unexecuted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+QUICKSTART = ROOT / "pipelines" / "quickstart.yaml"
+INT8 = ROOT / "pipelines" / "quickstart_int8.yaml"
+VARIANTS = {  # fp32 eager against the fast path
+    "fp32": ["teacher.channels_last=false", "distill.channels_last=false"],
+    "bf16+channels_last": [
+        "teacher.precision=bf16", "distill.precision=bf16",
+        "teacher.channels_last=true", "distill.channels_last=true",
+    ],
+}  # fmt: skip
+# tiny: the same stages and code, on small models and few images (a CPU test runs it)
+TINY = [
+    "data.image_size=16", "data.train_subset=256", "data.test_subset=128",
+    "teacher.model.arch=resnet18",
+    "distill.student.width_mult=0.25", "export.parity_images=32",
+]  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "gpu_check_out")))
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    parser.add_argument("--data-root", type=Path, default=None)
+    parser.add_argument("--tiny", action="store_true", help="tiny sizes (tests, dry runs)")
+    parser.add_argument("--skip-tests", action="store_true", help="do not run pytest -m gpu")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("gpu_check: no CUDA device on this machine; nothing checked")
+        return 0
+    args.out.mkdir(parents=True, exist_ok=True)
+    work = args.out / "runs"
+    report: dict[str, Any] = {"environment": environment(), "tiny": args.tiny}
+    parts = {
+        "tests": lambda: {"skipped": "--skip-tests"} if args.skip_tests else gpu_tests(),
+        "quickstart": lambda: quickstart(args, work),
+        "bench": lambda: bench(args, work),
+        "int8": lambda: int8(args, work),
+    }
+    for name, part in parts.items():
+        started = time.perf_counter()
+        try:
+            report[name] = part()
+        except Exception as exc:  # a part that breaks is a finding; the others still run
+            report[name] = {"error": f"{type(exc).__name__}: {str(exc)[-2000:]}"}
+        report[name]["seconds"] = round(time.perf_counter() - started, 1)
+        print(f"gpu_check: {name} done in {report[name]['seconds']} s", flush=True)
+    report["goals"] = goals(report)
+    (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
+    markdown = render(report)
+    (args.out / "gpu_check.md").write_text(markdown)
+    print(markdown)
+    shutil.rmtree(work, ignore_errors=True)  # model files: too big to come back, not needed
+    return 0
+
+
+def environment() -> dict[str, Any]:
+    env: dict[str, Any] = {"torch": torch.__version__, "python": sys.version.split()[0]}
+    if torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(0)
+        env["cuda"] = torch.version.cuda
+        try:
+            env["driver"] = subprocess.run(
+                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                capture_output=True, text=True, check=True,
+            ).stdout.strip()  # fmt: skip
+        except (OSError, subprocess.CalledProcessError):
+            env["driver"] = "unknown"
+    return env
+
+
+def compress(*args: str) -> subprocess.CompletedProcess:
+    """``python -m compress ARGS`` from the repository root; raises with its output's tail."""
+    done = subprocess.run([sys.executable, "-m", "compress", *args], cwd=ROOT,
+                          capture_output=True, text=True)  # fmt: skip
+    if done.returncode:
+        raise RuntimeError(f"compress {' '.join(args[:2])} exit {done.returncode}: "
+                           f"{(done.stdout + done.stderr)[-1500:]}")  # fmt: skip
+    return done
+
+
+def gpu_tests() -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests"],
+        cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    last = (done.stdout.strip().splitlines() or [""])[-1]
+    counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|skipped|error)", last)}
+    return {"exit_code": done.returncode, "summary": last, **counts}
+
+
+def overrides(args: argparse.Namespace, fast_bench: bool = True) -> list[str]:
+    sets = [f"device={args.device}"]
+    if args.data_root is not None:
+        sets.append(f"data.root={args.data_root.resolve()}")
+    if args.tiny:
+        sets += TINY
+    if fast_bench:  # the pipeline's bench: onnxruntime on CPU; cuda latency is the bench part
+        sets += ["bench.backends=[onnxruntime]", "bench.include_teacher=false",
+                 "bench.min_iterations=20", "bench.min_seconds=0.2", "bench.warmup_seconds=0.1",
+                 "bench.batch_sizes=[32]"]  # fmt: skip
+    return [item for s in sets for item in ("--set", s)]
+
+
+def quickstart(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """The quickstart once per variant: training images/s per stage, top-1 of every model."""
+    out: dict[str, Any] = {}
+    for name, sets in VARIANTS.items():
+        run_dir = work / name.replace("+", "_")
+        started = time.perf_counter()
+        extra = [item for s in sets for item in ("--set", s)]
+        compress("run", str(QUICKSTART), "--run-dir", str(run_dir), *overrides(args), *extra)
+        stages = json.loads((run_dir / "manifest.json").read_text())["stages"]
+        out[name] = {
+            "seconds": round(time.perf_counter() - started, 1),
+            "teacher_images_per_s": _rate(run_dir / "teacher" / "history.json"),
+            "distill_images_per_s": _rate(run_dir / "distill" / "history.json"),
+            "teacher_top1": stages["teacher"]["metrics"]["top1"],
+            "student_top1": stages["distill"]["metrics"]["top1"],
+            "student_onnx_top1": stages["bench"]["metrics"].get("top1"),
+            "stage_seconds": {k: v.get("seconds") for k, v in stages.items()},
+        }
+    return out
+
+
+def _rate(history: Path) -> float:
+    epochs = json.loads(history.read_text())
+    return round(sum(e["images_per_s"] * e["seconds"] for e in epochs)
+                 / max(1e-9, sum(e["seconds"] for e in epochs)), 1)  # fmt: skip
+
+
+def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """``compress bench`` of the fp32 run's teacher and student, eager and torch-compile."""
+    run_dir = work / "fp32"
+    sizes = "1,4" if args.tiny else "1,32,256"
+    plan = ["--min-iterations", "5" if args.tiny else "300", "--min-seconds",
+            "0" if args.tiny else "1.0", "--warmup-seconds", "0" if args.tiny else "1.0",
+            "--max-seconds", "20"]  # fmt: skip
+    out: dict[str, Any] = {}
+    for role, model in (("teacher", "teacher"), ("student", "distill")):
+        for backend in ("torch", "torch-compile"):
+            figures = work / f"bench-{role}-{backend}.json"
+            compress("bench", str(run_dir / model / "model.pt"), "--backend", backend,
+                     "--device", args.device, "--batch-sizes", sizes, *plan,
+                     "--json", str(figures))  # fmt: skip
+            latency = json.loads(figures.read_text())["latency_ms"]
+            out[f"{role}/{backend}"] = {
+                bs: {k: s[k] for k in ("p50", "p90", "p99", "throughput")}
+                for bs, s in latency.items()
+            }
+    for backend in ("torch", "torch-compile"):
+        teacher, student = out[f"teacher/{backend}"], out[f"student/{backend}"]
+        out[f"student_speedup/{backend}"] = {
+            bs: round(student[bs]["throughput"] / teacher[bs]["throughput"], 2) for bs in student
+        }
+    return out
+
+
+def int8(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """quickstart_int8 over a copy of the fp32 run (teacher and student reused): the INT8
+    student's ONNX accuracy on onnxruntime CPU."""
+    run_dir = work / "int8"
+    shutil.copytree(work / "fp32", run_dir, dirs_exist_ok=True)
+    sets = [*overrides(args, fast_bench=False), "--set", "bench.min_iterations=20",
+            "--set", "bench.min_seconds=0.2", "--set", "bench.ratio_rounds=2"]  # fmt: skip
+    sets += [item for s in VARIANTS["fp32"] for item in ("--set", s)]
+    if args.tiny:
+        sets += ["--set", "ptq.calibration_images=64", "--set", "qat.calibration_images=64"]
+    compress("run", str(INT8), "--run-dir", str(run_dir), *sets)
+    stages = json.loads((run_dir / "manifest.json").read_text())["stages"]
+    metrics = stages["bench"]["metrics"]
+    return {
+        "int8_onnx_top1_onnxruntime_cpu": metrics.get("top1"),
+        "fp32_onnx_top1": metrics.get("fp32_onnx_top1"),
+        "qat_torch_top1": stages["qat"]["metrics"].get("top1"),
+        "teacher_and_student_reused": all(
+            stages[s].get("seconds", 0) == json.loads(
+                (work / "fp32" / "manifest.json").read_text())["stages"][s].get("seconds")
+            for s in ("teacher", "distill")
+        ),
+    }  # fmt: skip
+
+
+def goals(report: dict[str, Any]) -> dict[str, Any]:
+    """The issue's goals as measured ratios (None where a part failed)."""
+    out: dict[str, Any] = {}
+    q, b = report.get("quickstart", {}), report.get("bench", {})
+    if "fp32" in q and "bf16+channels_last" in q:
+        fast, slow = q["bf16+channels_last"], q["fp32"]
+        for stage in ("teacher", "distill"):
+            key = f"{stage}_images_per_s"
+            out[f"{stage}_bf16_speedup (>= 2)"] = round(fast[key] / max(1e-9, slow[key]), 2)
+        out["bf16_minus_fp32_student_top1 (>= -0.005)"] = round(
+            fast["student_top1"] - slow["student_top1"], 4
+        )
+    for backend in ("torch", "torch-compile"):
+        speed = b.get(f"student_speedup/{backend}", {})
+        if "256" in speed:
+            out[f"student_speedup_batch256/{backend} (>= 3)"] = speed["256"]
+    compiled = b.get("student/torch-compile", {}).get("32")
+    if compiled:
+        out["student_p99_over_p50_batch32/torch-compile (<= 1.3)"] = round(
+            compiled["p99"] / compiled["p50"], 2
+        )
+    return out
+
+
+def render(report: dict[str, Any]) -> str:
+    env = report["environment"]
+    tiny = ", tiny" if report["tiny"] else ""
+    lines = [f"# gpu_check ({env.get('gpu', 'no GPU')}, driver {env.get('driver', '-')}, "
+             f"CUDA {env.get('cuda', '-')}, torch {env['torch']}{tiny})", ""]  # fmt: skip
+    t = report["tests"]
+    lines += [f"CUDA tests (pytest -m gpu): {t.get('summary') or t.get('error') or t}", ""]
+    q = report["quickstart"]
+    if "error" in q:
+        lines += [f"quickstart: {q['error']}", ""]
+    else:
+        lines += ["| quickstart | teacher img/s | distill img/s | teacher top-1 | student top-1 "
+                  "| student ONNX top-1 | seconds |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+        lines += [f"| {name} | {r['teacher_images_per_s']:,.0f} | {r['distill_images_per_s']:,.0f}"
+                  f" | {r['teacher_top1']:.4f} | {r['student_top1']:.4f} | "
+                  f"{r['student_onnx_top1']} | {r['seconds']} |" for name, r in q.items()
+                  if isinstance(r, dict)]  # fmt: skip
+        lines.append("")
+    b = report["bench"]
+    if "error" in b:
+        lines += [f"bench: {b['error']}", ""]
+    else:
+        lines += [
+            "| bench | batch | p50 ms | p90 ms | p99 ms | img/s |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for key, sizes in b.items():
+            if isinstance(sizes, dict) and "speedup" not in key:
+                lines += [f"| {key} | {bs} | {s['p50']:.3f} | {s['p90']:.3f} | {s['p99']:.3f} | "
+                          f"{s['throughput']:,.0f} |" for bs, s in sizes.items()]  # fmt: skip
+        for key, sizes in b.items():
+            if "speedup" in key:
+                lines.append(f"{key}: " + ", ".join(f"batch {k} x{v}" for k, v in sizes.items()))
+        lines.append("")
+    lines += [f"INT8: {report['int8']}", "", "Goals (measured):"]
+    lines += [f"- {k}: {v}" for k, v in report["goals"].items()] or ["- none measured"]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

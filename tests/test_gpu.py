@@ -1,0 +1,71 @@
+"""The CUDA paths: a training step, bf16 autocast, the cuda bench device, torch.compile.
+
+Marked ``gpu`` and skipped without a CUDA device; ``pytest -m gpu`` on a GPU machine (see
+benchmarks/gpu_check.py) runs them. Tiny models on 16 px inputs, a step or a few calls each.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from compress.bench.backends import BackendOptions, load_runner
+from compress.bench.timing import TimingPlan
+from compress.models import ModelSpec, build_model, save_model
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+SPEC = ModelSpec(arch="mobilenet_v2", num_classes=10, in_channels=1, width_mult=0.25, stem="cifar")
+PLAN = TimingPlan(warmup_iterations=2, warmup_seconds=0.0, min_iterations=5, min_seconds=0.0)
+
+
+def _step(precision: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(logits, loss, largest weight change) of one SGD step on cuda."""
+    torch.manual_seed(0)
+    model = build_model(SPEC).cuda().to(memory_format=torch.channels_last).train()
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(8, 1, 16, 16, device="cuda").contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (8,), device="cuda")
+    with torch.autocast("cuda", precision or torch.float32, enabled=precision is not None):
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+    loss.backward()
+    opt.step()
+    moved = max((p - b).abs().max().item() for p, b in zip(model.parameters(), before, strict=True))
+    return logits, loss, moved
+
+
+def test_a_training_step_on_cuda_updates_the_weights():
+    logits, loss, moved = _step(None)
+    assert logits.device.type == "cuda" and logits.dtype == torch.float32
+    assert torch.isfinite(loss) and moved > 0
+
+
+def test_bf16_autocast_runs_the_forward_in_bf16_and_trains():
+    logits, loss, moved = _step(torch.bfloat16)
+    assert logits.dtype == torch.bfloat16
+    assert torch.isfinite(loss) and moved > 0
+
+
+@pytest.fixture
+def model_file(tmp_path: Path) -> Path:
+    path = tmp_path / "model.pt"
+    save_model(build_model(SPEC).eval(), SPEC, path, {"role": "student", "metrics": {}})
+    return path
+
+
+@pytest.mark.parametrize("backend", ["torch", "torch-compile"])
+def test_cuda_bench_device_times_with_cuda_events_and_predicts_like_cpu(backend, model_file):
+    batch = np.random.default_rng(0).standard_normal((4, 1, 16, 16)).astype(np.float32)
+    cuda = load_runner(backend, model_file, BackendOptions(device="cuda"))
+    cpu = load_runner("torch", model_file, BackendOptions(device="cpu"))
+    times = cuda.time(batch, PLAN)
+    assert len(times) >= PLAN.min_iterations and (times > 0).all()
+    np.testing.assert_allclose(cuda.predict(batch), cpu.predict(batch), atol=1e-3)

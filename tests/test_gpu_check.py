@@ -1,0 +1,54 @@
+"""benchmarks/gpu_check.py: one line and exit 0 without a GPU; its tiny CPU mode runs every part."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import ROOT, requires_fashion
+
+SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
+
+
+def _run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_without_a_gpu_it_says_so_in_one_line_and_exits_0(tmp_path: Path):
+    done = _run("--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines() == [
+        "gpu_check: no CUDA device on this machine; nothing checked"
+    ]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.e2e
+@requires_fashion
+def test_tiny_cpu_mode_runs_every_part_and_writes_json_and_markdown(tmp_path: Path):
+    out = tmp_path / "out"
+    done = _run("--device", "cpu", "--tiny", "--skip-tests", "--out", str(out))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    report = json.loads((out / "gpu_check.json").read_text())
+    for part in ("quickstart", "bench", "int8"):
+        assert "error" not in report[part], report[part]
+    for variant in ("fp32", "bf16+channels_last"):
+        run = report["quickstart"][variant]
+        assert run["teacher_images_per_s"] > 0 and run["distill_images_per_s"] > 0
+        assert 0.0 <= run["student_top1"] <= 1.0 and run["student_onnx_top1"] is not None
+    assert set(report["bench"]["student/torch-compile"]) == {"1", "4"}
+    assert (
+        report["bench"]["student/torch"]["4"]["p99"] >= report["bench"]["student/torch"]["4"]["p50"]
+    )
+    assert 0.0 <= report["int8"]["int8_onnx_top1_onnxruntime_cpu"] <= 1.0
+    assert report["int8"]["teacher_and_student_reused"]
+    assert "teacher_bf16_speedup (>= 2)" in report["goals"]
+    assert "| bf16+channels_last |" in (out / "gpu_check.md").read_text()
