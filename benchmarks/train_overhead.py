@@ -194,11 +194,11 @@ def main() -> None:
             v: {"compress": [], "bare": []} for v in variants
         }
         for r in range(args.rounds):
-            for name, runs in variants.items():
+            for v, (name, runs) in enumerate(variants.items()):
                 # alternate which goes first, so neither always follows the other
                 order = ["compress", "bare"] if r % 2 == 0 else ["bare", "compress"]
                 for who in order:
-                    tag = f"{who}-{r}-{len(times[name][who])}-{name[:7].replace(' ', '')}"
+                    tag = f"{who}-{r}-{v}"  # unique: a repeated tag would resume its checkpoint
                     times[name][who].append(timed(runs[who], tag))
                 c, b = times[name]["compress"][-1][0], times[name]["bare"][-1][0]
                 print(f"round {r + 1}: {name}: compress {c:.2f}s bare {b:.2f}s -> {b / c:.3f}x",
