@@ -8,7 +8,8 @@ prefixes from DDP).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import copy
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ class ModelSpec:
     stem: str = "cifar"
     pruned: bool = False  # layer widths come from the state_dict (see resize_to_state_dict)
     quant: dict[str, Any] | None = None  # fake-quantized with these settings (compress.quant)
+    kwargs: dict[str, Any] = field(default_factory=dict)  # the source's builder arguments
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
@@ -43,9 +45,56 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def build_model(spec: ModelSpec) -> nn.Module:
-    builder = MODELS.get(spec.arch)
-    return builder(spec.num_classes, spec.in_channels, spec.width_mult, spec.stem)
+def build_model(
+    spec: ModelSpec, weights: str | Path | bool | None = None, log: bool = False
+) -> nn.Module:
+    """The architecture of ``spec`` adapted to its data; ``weights``: a library's pretrained
+    weights name (torchvision enum name, timm ``True``) or a local state_dict file, loaded
+    before the head is replaced. ``log`` prints what adaptation replaced (first builds only)."""
+    from compress.models.adapt import adapt
+    from compress.models.sources import source_of
+
+    source, name = source_of(spec.arch)
+    if not source.adapts:
+        model = MODELS.get(name)(spec.num_classes, spec.in_channels, spec.width_mult, spec.stem)
+        if weights is not None:
+            path = Path(weights)
+            load_state_dict_checked(model, extract_state_dict(load_torch(path), path), path,
+                                    spec.arch)  # fmt: skip
+        return model
+    local = weights is not None and _is_file_reference(weights)
+    model = source.build(name, spec.kwargs, None if local or weights is None else weights)
+    if not local:
+        changes = adapt(model, spec.arch, spec.num_classes, spec.in_channels, spec.stem)
+    else:  # a file of the library's layout, or of the adapted model (a fine-tuned one)
+        path = Path(weights)  # type: ignore[arg-type]
+        state = extract_state_dict(load_torch(path), path)
+        adapted = copy.deepcopy(model)
+        changes = adapt(adapted, spec.arch, spec.num_classes, spec.in_channels, spec.stem)
+        if _misfits(adapted, state) == 0:
+            model = adapted
+            load_state_dict_checked(model, state, path, spec.arch)
+        else:
+            load_state_dict_checked(model, state, path, spec.arch)
+            changes = adapt(model, spec.arch, spec.num_classes, spec.in_channels, spec.stem)
+    if log and changes:
+        from compress.ui import console
+
+        console.print(f"  {spec.arch}: " + "; ".join(changes))
+    return model
+
+
+def _is_file_reference(weights: str | Path | bool) -> bool:
+    if isinstance(weights, Path):
+        return True
+    return isinstance(weights, str) and ("/" in weights or Path(weights).suffix != "")
+
+
+def _misfits(model: nn.Module, state: dict[str, torch.Tensor]) -> int:
+    expected = model.state_dict()
+    return len(set(expected) ^ set(state)) + sum(
+        1 for k, v in expected.items() if k in state and state[k].shape != v.shape
+    )
 
 
 def save_model(model: nn.Module, spec: ModelSpec, path: Path, meta: dict[str, Any]) -> None:

@@ -43,7 +43,7 @@ class TeacherConfig(TrainConfig, StageConfig):
 def run(cfg: TeacherConfig, ctx: StageContext) -> StageResult:
     data = ctx.data()
     spec = model_spec(cfg.model, data)
-    model = build_model(spec)
+    model = build_model(spec, cfg.model.library_weights(), log=True)
     if cfg.checkpoint is not None:
         state = extract_state_dict(load_torch(cfg.checkpoint), cfg.checkpoint)
         load_state_dict_checked(model, state, cfg.checkpoint, spec.arch)

@@ -1,0 +1,57 @@
+"""Where an architecture comes from, by the prefix of its name: ``torchvision:``, ``timm:``,
+``python:``, or none (our built-ins with small-input stems).
+
+Each source is one small file registering a ``Source``: it checks a name when the config is
+validated (did-you-mean from the real list) and builds the un-adapted module. Head, channel and
+stem adaptation is the same for every non-built-in source (``compress.models.adapt``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from torch import nn
+
+from compress.registry import Registry
+
+
+class Source(Protocol):
+    """What a model source does; ``adapts`` False: the builder adapts head/stem itself."""
+
+    adapts: bool
+
+    def check(self, name: str, kwargs: dict[str, Any]) -> None:
+        """Raise ValueError with one actionable line when ``name`` cannot be built."""
+
+    def build(self, name: str, kwargs: dict[str, Any], pretrained: Any) -> nn.Module:
+        """The module as its library defines it; ``pretrained``: a library weights name/flag."""
+
+
+@dataclass
+class Built:
+    """A built (and adapted) model and the lines saying what was replaced."""
+
+    model: nn.Module
+    changes: list[str] = field(default_factory=list)
+
+
+SOURCES: Registry[Source] = Registry("model source")
+
+
+def split(arch: str) -> tuple[str, str]:
+    """``'torchvision:resnet18'`` -> ``('torchvision', 'resnet18')``; no prefix: built-in."""
+    prefix, sep, name = arch.partition(":")
+    return (prefix, name) if sep else ("builtin", arch)
+
+
+def source_of(arch: str) -> tuple[Source, str]:
+    prefix, name = split(arch)
+    return SOURCES.get(prefix), name
+
+
+def _register() -> None:
+    from compress.models.sources import builtin, python, timm, torchvision  # noqa: F401
+
+
+_register()
