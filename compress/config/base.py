@@ -124,6 +124,10 @@ class ModelConfig(StrictModel):
         prefix, name = split(value)
         if prefix not in SOURCES:
             raise ValueError(SOURCES.unknown_message(prefix))
+        if prefix == "python":
+            from compress.models.sources.python import canonical
+
+            return f"python:{canonical(name)}"
         SOURCES.get(prefix).check(name, {})
         return value
 
@@ -133,7 +137,7 @@ class ModelConfig(StrictModel):
         from compress.models.sources import SOURCES, split
 
         prefix, name = split(self.arch)
-        if self.kwargs:
+        if self.kwargs or prefix == "python":
             SOURCES.get(prefix).check(name, self.kwargs)
         if self.arch in FIXED_WIDTH and self.width_mult != 1.0:
             raise ValueError(f"{self.arch} has a fixed width: width_mult must be 1.0")
@@ -152,6 +156,10 @@ class ModelConfig(StrictModel):
         if "/" in weights or Path(weights).suffix:
             if not Path(weights).is_file():
                 raise ValueError(f"weights file not found: {weights}")
+            if prefix != "builtin":  # built-ins: checked against the adapted model when built
+                from compress.models.checkpoint import check_weights_file
+
+                check_weights_file(self.arch, self.kwargs, Path(weights))
         elif prefix == "torchvision":
             from compress.models.sources.torchvision import check_weights
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from compress.errors import CheckpointError
+from compress.errors import CheckpointError, CompressError
 from compress.io import load_torch, save_torch
 from compress.models.registry import MODELS
 
@@ -82,6 +82,36 @@ def build_model(
 
         console.print(f"  {spec.arch}: " + "; ".join(changes))
     return model
+
+
+def check_weights_file(arch: str, kwargs: dict[str, Any], path: Path) -> None:
+    """A weights file must be of this architecture: the library's layout (any head and first
+    conv: they are adapted after loading) with the same keys and body shapes; else one line."""
+    from compress.models.adapt import first_conv, head
+    from compress.models.sources import source_of
+
+    source, name = source_of(arch)
+    try:
+        state = extract_state_dict(load_torch(path), path)
+    except CompressError as exc:
+        raise ValueError(str(exc)) from None
+    model = source.build(name, kwargs, None)
+    adapted = {f"{head(model)[0]}.", f"{first_conv(model)[0]}."}
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape and not k.startswith(tuple(adapted))
+    ]
+    if missing or unexpected or wrong:
+        shown = (missing + unexpected + wrong)[:3]
+        raise ValueError(
+            f"weights {path} do not fit {arch}: {len(missing)} missing, {len(unexpected)} "
+            f"unexpected, {len(wrong)} mis-shaped keys (e.g. {', '.join(shown)}); is it a "
+            "checkpoint of another architecture?"
+        )
 
 
 def _is_file_reference(weights: str | Path | bool) -> bool:

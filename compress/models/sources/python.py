@@ -63,11 +63,23 @@ def factory(name: str) -> Any:
     return getattr(module, attr)
 
 
+def canonical(name: str) -> str:
+    """A file factory by absolute path, so later stages (other folders) rebuild the same."""
+    module, attr = parse(name)
+    if module.endswith(".py"):
+        module = str(Path(module).resolve())
+    return f"{module}:{attr}"
+
+
 class PythonSource:
     adapts = True
 
     def check(self, name: str, kwargs: dict[str, Any]) -> None:
-        factory(name)
+        """Imports the factory and calls it once: the object must be an nn.Module."""
+        try:
+            self.build(name, kwargs, None)
+        except CompressError as exc:
+            raise ValueError(str(exc)) from None
 
     def build(self, name: str, kwargs: dict[str, Any], pretrained: Any) -> nn.Module:
         try:

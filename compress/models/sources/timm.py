@@ -18,9 +18,11 @@ INSTALL = "pip install 'compress[timm]'"
 
 
 def available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("timm") is not None
+    try:
+        import timm  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 @functools.cache
