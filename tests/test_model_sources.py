@@ -186,10 +186,12 @@ def _validate(tmp_path: Path, model: dict, env: dict | None = None, code: str | 
 
 
 def _one_line_exit_2(result: subprocess.CompletedProcess, tmp_path: Path, *needles: str) -> None:
-    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert len(lines) == 1 and lines[0].startswith("error:"), lines
-    text = " ".join(lines)
+    """One error (the console may wrap it at the terminal width), exit 2, no run directory."""
+    out = result.stdout + result.stderr
+    assert result.returncode == 2, out
+    assert out.count("error:") == 1 and out.lstrip().startswith("error:"), out
+    assert "Traceback" not in out, out
+    text = " ".join(out.split())
     for needle in needles:
         assert needle in text, text
     assert not (tmp_path / "run").exists()
