@@ -261,7 +261,7 @@ def test_user_factory_pipeline_through_ptq_export_bench(factory_file, tmp_path):
         "export": {"parity_images": 0, "min_agreement": 0.0},
         "bench": {"backends": ["onnxruntime"], "batch_sizes": [2], "min_iterations": 3,
                   "min_seconds": 0.0, "warmup_iterations": 1, "warmup_seconds": 0.0,
-                  "ratio_rounds": 1, "include_teacher": False},
+                  "ratio_rounds": 2, "include_teacher": False},
     }  # fmt: skip
     path = tmp_path / "byo.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
