@@ -305,6 +305,54 @@ def methods() -> None:
         )
 
 
+@app.command()
+def layers(
+    model: Annotated[str, typer.Argument(help="A model spec (torchvision:NAME...) or a model.pt.")],
+    image_size: Annotated[int, typer.Option(min=8, help="Square input size.")] = 32,
+    channels: Annotated[int, typer.Option(min=1, help="Input channels.")] = 3,
+    num_classes: Annotated[int, typer.Option(min=2, help="Classes of the adapted head.")] = 10,
+    stem: Annotated[str, typer.Option(help="auto | imagenet | cifar | compact.")] = "auto",
+) -> None:
+    """Each module path with its output shape and MACs: the layer names distillation methods
+    (teacher_layers, student_layers) and prune.ignored_layers take."""
+    import torch
+    from rich.table import Table
+
+    from compress.models.layers import list_layers
+
+    net, arch = _layers_model(model, image_size, channels, num_classes, stem)
+    if arch != model:
+        channels = next(p for p in net.parameters() if p.dim() == 4).shape[1]
+    rows = list_layers(net, torch.zeros(1, channels, image_size, image_size))
+    table = Table(title=f"{arch} at {channels}x{image_size}x{image_size}")
+    for column in ("module", "type", "output", "MMACs"):
+        table.add_column(column, justify="right" if column == "MMACs" else "left")
+    for row in rows:
+        shape = "x".join(map(str, row.shape)) if row.shape else "-"
+        table.add_row(escape(row.path), row.kind, shape, f"{row.macs / 1e6:.2f}")
+    console.print(table)
+    total = sum(r.macs for r in rows if "." not in r.path)
+    console.print(f"{len(rows)} modules, {total / 1e6:.1f} MMACs per image")
+
+
+def _layers_model(model: str, image_size: int, channels: int, num_classes: int, stem: str):
+    from pydantic import ValidationError
+
+    from compress.config.base import ModelConfig
+    from compress.models import ModelSpec, build_model, load_model
+    from compress.models.registry import resolve_stem
+
+    if model.endswith(".pt") and Path(model).is_file():
+        net, spec, _ = load_model(Path(model))
+        return net, spec.arch
+    try:
+        cfg = ModelConfig(arch=model, stem=stem)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise CompressError(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
+    spec = ModelSpec(cfg.arch, num_classes, channels, stem=resolve_stem(cfg.stem, image_size))
+    return build_model(spec), cfg.arch
+
+
 @app.command("config-reference")
 def config_reference(
     readme: Annotated[

@@ -92,6 +92,14 @@ METHODS: Registry[Any] = Registry(
 BACKENDS: Registry[Any] = Registry("bench backend", discover=("compress.bench.backends",))
 DATASETS: Registry[Any] = Registry("dataset", discover=("compress.data.sources",))
 MODELS: Registry[Any] = Registry("model", discover=("compress.models",))
+# Where an architecture comes from, by the prefix of its name (compress.models.sources)
+MODEL_SOURCES: Registry[Any] = Registry("model source", discover=("compress.models.sources",))
 IMPORTANCES: Registry[Any] = Registry(
     "pruning importance", discover=("compress.prune.importances",)
 )
+
+
+def split_arch(arch: str) -> tuple[str, str]:
+    """``'torchvision:resnet18'`` -> ``('torchvision', 'resnet18')``; no prefix: a built-in."""
+    prefix, sep, name = arch.partition(":")
+    return (prefix, name) if sep else ("builtin", arch)

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from compress.registry import DATASETS, MODELS, Registry
+from compress.registry import DATASETS, MODEL_SOURCES, MODELS, Registry, split_arch
 
 
 class StrictModel(BaseModel):
@@ -36,7 +36,6 @@ def registered(registry: Registry[Any]) -> Any:
 
 
 Dataset = registered(DATASETS)
-Arch = registered(MODELS)
 
 
 class DataConfig(StrictModel):
@@ -99,24 +98,68 @@ class DataConfig(StrictModel):
 
 
 class ModelConfig(StrictModel):
-    """An architecture from the model registry, adapted to the data."""
+    """An architecture (built-in, torchvision, timm or the user's factory), adapted to the data."""
 
-    arch: Arch = Field("mobilenet_v2", description="registered architecture name")
-    width_mult: float = Field(1.0, gt=0.0, le=4.0, description="channel width multiplier")
+    arch: str = Field(
+        "mobilenet_v2",
+        description="built-in name, torchvision:NAME, timm:NAME, python:MODULE_OR_FILE.py:FACTORY",
+    )
+    width_mult: float = Field(
+        1.0, gt=0.0, le=4.0, description="channel width multiplier (built-ins; else use kwargs)"
+    )
     stem: Literal["auto", "imagenet", "cifar", "compact"] = Field(
         "auto",
         description=(
-            "imagenet: stride-4 stem (7x7/2 + pool); cifar: stride-1 3x3 for small images; "
-            "compact: 3x3/2 + pool, cheap on small images; auto: cifar below 64 px"
+            "imagenet: the model's own stem (stride 4: 7x7/2 + pool for ResNets); cifar: first "
+            "conv stride 1, no stem pool, for small images; compact: 3x3/2 (built-ins) or no stem "
+            "pool (others); auto: cifar below 64 px"
         ),
     )
+    weights: str | None = Field(
+        None,
+        description="start from these weights: a torchvision weights name (IMAGENET1K_V1, "
+        "DEFAULT) or a state_dict file in the library's (or the adapted model's) layout",
+    )
+    pretrained: bool = Field(False, description="timm: start from timm's pretrained weights")
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="arguments of the torchvision/timm/python builder"
+    )
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, value: str) -> str:
+        prefix, name = split_arch(value)
+        if prefix not in MODEL_SOURCES:
+            raise ValueError(MODEL_SOURCES.unknown_message(prefix))
+        source = MODEL_SOURCES.get(prefix)
+        if prefix != "python":  # a factory is checked with its kwargs below
+            source.check(name, {})
+        return source.canonical(name)
 
     @model_validator(mode="after")
-    def _width(self) -> ModelConfig:
-        fixed_width = getattr(MODELS.get(self.arch), "fixed_width", False)
+    def _source_settings(self) -> ModelConfig:
+        prefix, name = split_arch(self.arch)
+        if self.kwargs or prefix == "python":
+            MODEL_SOURCES.get(prefix).check(name, self.kwargs)
+        fixed_width = prefix == "builtin" and getattr(MODELS.get(name), "fixed_width", False)
         if fixed_width and self.width_mult != 1.0:
             raise ValueError(f"{self.arch} has a fixed width: width_mult must be 1.0")
+        if prefix != "builtin" and self.width_mult != 1.0:
+            raise ValueError(f"{self.arch}: width_mult is for built-ins; pass kwargs instead")
+        if self.pretrained and prefix != "timm":
+            raise ValueError(f"pretrained: true is timm's switch; for {self.arch} use weights:")
+        if self.pretrained and self.weights is not None:
+            raise ValueError("set pretrained or weights, not both")
+        if self.weights is not None:
+            self._check_weights(prefix, name)
         return self
+
+    def _check_weights(self, prefix: str, name: str) -> None:
+        MODEL_SOURCES.get(prefix).check_weights(name, self.kwargs, self.weights or "")
+
+    def library_weights(self) -> str | bool | None:
+        """What the stage passes to build_model: a name, a file, timm's flag, or nothing."""
+        return self.weights or (True if self.pretrained else None)
 
 
 class TrainConfig(StrictModel):

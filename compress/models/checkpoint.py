@@ -8,7 +8,8 @@ prefixes from DDP).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import copy
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,12 @@ from torch import nn
 
 from compress.errors import CheckpointError
 from compress.io import load_torch, save_torch
-from compress.models.registry import MODELS
+from compress.models.adapt import adapt
+from compress.models.sources import source_of
+from compress.models.weights import FORMAT, extract_state_dict
 from compress.quant.prepare import QuantSpec, quantize_model
-
-FORMAT = "compress.model/1"
+from compress.registry import MODELS
+from compress.ui import console
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class ModelSpec:
     stem: str = "cifar"
     pruned: bool = False  # layer widths come from the state_dict (see resize_to_state_dict)
     quant: dict[str, Any] | None = None  # fake-quantized with these settings (compress.quant)
+    kwargs: dict[str, Any] = field(default_factory=dict)  # the source's builder arguments
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
@@ -44,9 +48,51 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def build_model(spec: ModelSpec) -> nn.Module:
-    builder = MODELS.get(spec.arch)
-    return builder(spec.num_classes, spec.in_channels, spec.width_mult, spec.stem)
+def build_model(
+    spec: ModelSpec, weights: str | Path | bool | None = None, log: bool = False
+) -> nn.Module:
+    """The architecture of ``spec`` adapted to its data; ``weights``: a library's pretrained
+    weights name (torchvision enum name, timm ``True``) or a local state_dict file, loaded
+    before the head is replaced. ``log`` prints what adaptation replaced (first builds only)."""
+    source, name = source_of(spec.arch)
+    if not source.adapts:
+        model = MODELS.get(name)(spec.num_classes, spec.in_channels, spec.width_mult, spec.stem)
+        if weights is not None:
+            path = Path(weights)
+            load_state_dict_checked(model, extract_state_dict(load_torch(path), path), path,
+                                    spec.arch)  # fmt: skip
+        return model
+    local = weights is not None and _is_file_reference(weights)
+    model = source.build(name, spec.kwargs, None if local or weights is None else weights)
+    if not local:
+        changes = adapt(model, spec.arch, spec.num_classes, spec.in_channels, spec.stem)
+    else:  # a file of the library's layout, or of the adapted model (a fine-tuned one)
+        path = Path(weights)  # type: ignore[arg-type]
+        state = extract_state_dict(load_torch(path), path)
+        adapted = copy.deepcopy(model)
+        changes = adapt(adapted, spec.arch, spec.num_classes, spec.in_channels, spec.stem)
+        if _misfits(adapted, state) == 0:
+            model = adapted
+            load_state_dict_checked(model, state, path, spec.arch)
+        else:
+            load_state_dict_checked(model, state, path, spec.arch)
+            changes = adapt(model, spec.arch, spec.num_classes, spec.in_channels, spec.stem)
+    if log and changes:
+        console.print(f"  {spec.arch}: " + "; ".join(changes))
+    return model
+
+
+def _is_file_reference(weights: str | Path | bool) -> bool:
+    if isinstance(weights, Path):
+        return True
+    return isinstance(weights, str) and ("/" in weights or Path(weights).suffix != "")
+
+
+def _misfits(model: nn.Module, state: dict[str, torch.Tensor]) -> int:
+    expected = model.state_dict()
+    return len(set(expected) ^ set(state)) + sum(
+        1 for k, v in expected.items() if k in state and state[k].shape != v.shape
+    )
 
 
 def save_model(model: nn.Module, spec: ModelSpec, path: Path, meta: dict[str, Any]) -> None:
@@ -67,22 +113,6 @@ def load_model(path: Path) -> tuple[nn.Module, ModelSpec, dict[str, Any]]:
         model = quantize_model(model, QuantSpec.from_dict(spec.quant))
     load_state_dict_checked(model, payload["state_dict"], path, spec.arch)
     return model, spec, payload.get("meta", {})
-
-
-def extract_state_dict(payload: Any, path: Path) -> dict[str, torch.Tensor]:
-    """Find the state_dict in a user's checkpoint, whatever common wrapper it comes in."""
-    if isinstance(payload, dict) and payload.get("format") == FORMAT:
-        payload = payload["state_dict"]
-    for key in ("state_dict", "model_state_dict", "model", "net"):
-        if isinstance(payload, dict) and isinstance(payload.get(key), dict):
-            payload = payload[key]
-            break
-    if not isinstance(payload, dict) or not all(torch.is_tensor(v) for v in payload.values()):
-        raise CheckpointError(f"{path} holds no state_dict (a dict of parameter name -> tensor)")
-    prefix = "module."
-    if all(k.startswith(prefix) for k in payload):
-        payload = {k[len(prefix) :]: v for k, v in payload.items()}
-    return payload
 
 
 def load_state_dict_checked(

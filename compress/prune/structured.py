@@ -61,6 +61,21 @@ def prune(
     accumulate_gradients: Callable[[], None] | None = None,
 ) -> list[dict[str, float]]:
     """Prune ``model`` in place; returns MACs/params after every step."""
+    try:
+        return _prune_steps(tp, model, example, importance, target, global_ranking, steps,
+                            round_to, ignored_layers, accumulate_gradients)  # fmt: skip
+    except (CompressError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # torch-pruning's dependency graph fails in many types
+        raise CompressError(
+            f"torch-pruning cannot prune {type(model).__name__}: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}; keep that layer whole with "
+            "prune.ignored_layers (see compress layers MODEL)"
+        ) from exc
+
+
+def _prune_steps(tp, model, example, importance, target, global_ranking, steps, round_to,
+                 ignored_layers, accumulate_gradients) -> list[dict[str, float]]:  # fmt: skip
     base_macs, base_params = count_macs_params(model, example)
     budget = target.kind != "channels"
     pruner = tp.pruner.BasePruner(

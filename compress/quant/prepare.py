@@ -22,6 +22,7 @@ import torch
 from torch import fx, nn
 from torch.fx.experimental.optimization import fuse
 from torch.nn import functional as F
+from torchvision.ops import stochastic_depth  # identity in eval mode, where the model is traced
 
 from compress.errors import CompressError
 from compress.quant.fakequant import ActQuant, QConv2d, QLinear
@@ -31,8 +32,15 @@ ACTIVATION_FUNCTIONS = {F.relu, F.relu6, torch.relu, F.hardtanh}
 ADDS = {operator.add, operator.iadd, torch.add}
 POOLS = (nn.AdaptiveAvgPool2d, nn.AvgPool2d)
 POOL_FUNCTIONS = {F.adaptive_avg_pool2d, F.avg_pool2d}
+# elementwise ops onnxruntime may run in float (HardSwish) or on QLinear kernels (Sigmoid, Mul):
+# their inputs arrive dequantized and their output is quantized again for the next conv
+FLOAT_UNARY = (nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.SiLU, nn.GELU, nn.Tanh, nn.LeakyReLU)
+FLOAT_UNARY_FUNCTIONS = {F.hardswish, F.hardsigmoid, torch.sigmoid, F.sigmoid, F.silu, F.gelu,
+                         torch.tanh, F.leaky_relu}  # fmt: skip
+MULS = {operator.mul, operator.imul, torch.mul}
+PRODUCE_METHODS = {"mean", "sigmoid"}  # timm's global pool (x.mean((2, 3))), SE gates
 PASS_THROUGH = (nn.MaxPool2d, nn.Flatten, nn.Dropout, nn.Identity)
-PASS_THROUGH_FUNCTIONS = {F.max_pool2d, torch.flatten, F.dropout}
+PASS_THROUGH_FUNCTIONS = {F.max_pool2d, torch.flatten, F.dropout, stochastic_depth}
 PASS_THROUGH_METHODS = {"flatten", "view", "reshape", "contiguous"}
 
 
@@ -80,7 +88,7 @@ def quantize_model(model: nn.Module, spec: QuantSpec) -> fx.GraphModule:
             f"BatchNorm layers {leftover[:3]} do not follow a conv and cannot be folded"
         )
     _swap_weight_layers(graph_module, spec.weight_qmax)
-    _insert_activation_quantizers(graph_module, spec.symmetric_activations)
+    _insert_activation_quantizers(graph_module, spec.symmetric_activations, type(model).__name__)
     return graph_module
 
 
@@ -92,7 +100,7 @@ def _swap_weight_layers(gm: fx.GraphModule, qmax: int) -> None:
             _set_module(gm, name, QLinear.from_float(module, qmax))
 
 
-def _insert_activation_quantizers(gm: fx.GraphModule, symmetric: bool) -> None:
+def _insert_activation_quantizers(gm: fx.GraphModule, symmetric: bool, label: str) -> None:
     graph = gm.graph
     modules = dict(gm.named_modules())
     quantizer_of: dict[fx.Node, ActQuant] = {}
@@ -113,14 +121,16 @@ def _insert_activation_quantizers(gm: fx.GraphModule, symmetric: bool) -> None:
             return "produce"
         if node.op == "call_module":
             module = modules[str(node.target)]
-            if isinstance(module, (QConv2d, *ACTIVATIONS, *POOLS)):
+            if isinstance(module, (QConv2d, *ACTIVATIONS, *POOLS, *FLOAT_UNARY)):
                 return "produce"
             if isinstance(module, QLinear):
                 return "linear"
             if isinstance(module, PASS_THROUGH):
                 return "pass"
         if node.op == "call_function":
-            if node.target in ACTIVATION_FUNCTIONS or node.target in ADDS:
+            if node.target in ACTIVATION_FUNCTIONS or node.target in ADDS | MULS:
+                return "produce"
+            if node.target in FLOAT_UNARY_FUNCTIONS:
                 return "produce"
             if node.target in POOL_FUNCTIONS:
                 return "produce"
@@ -128,6 +138,8 @@ def _insert_activation_quantizers(gm: fx.GraphModule, symmetric: bool) -> None:
                 return "pass"
         if node.op == "call_method" and node.target in PASS_THROUGH_METHODS:
             return "pass"
+        if node.op == "call_method" and node.target in PRODUCE_METHODS:
+            return "produce"
         return "other"
 
     def feeds_activation(node: fx.Node) -> bool:
@@ -150,12 +162,28 @@ def _insert_activation_quantizers(gm: fx.GraphModule, symmetric: bool) -> None:
                 add_after(node, ActQuant(symmetric, source=source))
         elif role == "other" and node.op not in ("output", "get_attr"):
             raise CompressError(
-                f"quantization does not know operation '{node.target}' ({node.op}) in "
-                f"{type(gm).__name__}; supported: conv, linear, (hard)relu(6), add, avg/max "
-                "pooling, flatten, dropout"
+                f"cannot quantize {label}: "
+                f"operation {_op_name(node)} in layer {_layer_of(node)} is "
+                "not supported; supported: conv, linear, (hard)relu(6), hardswish, (hard)sigmoid, "
+                "silu, add, mul, mean, avg/max pooling, flatten, dropout"
             )
     graph.lint()
     gm.recompile()
+
+
+def _op_name(node: fx.Node) -> str:
+    target = node.target
+    name = target if isinstance(target, str) else getattr(target, "__name__", str(target))
+    return f"'{name}' ({node.op})"
+
+
+def _layer_of(node: fx.Node) -> str:
+    """The module path and class the traced op came from (torch.fx records the stack)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return f"'{node.name}' (top level)"
+    path, cls = list(stack.values())[-1]
+    return f"'{path}' ({getattr(cls, '__name__', cls)})"
 
 
 def _is_output(node: fx.Node) -> bool:

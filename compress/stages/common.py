@@ -28,6 +28,7 @@ def model_spec(cfg: ModelConfig, data: DataModule) -> ModelSpec:
         in_channels=data.preprocess.channels,
         width_mult=cfg.width_mult,
         stem=resolve_stem(cfg.stem, data.preprocess.size),
+        kwargs=dict(cfg.kwargs),
     )
 
 

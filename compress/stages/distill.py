@@ -56,7 +56,7 @@ def run(cfg: DistillConfig, ctx: StageContext) -> StageResult:
     spec = model_spec(cfg.student, ctx.data())
     if cfg.seed is not None:
         torch.manual_seed(cfg.seed)
-    student = build_model(spec)
+    student = build_model(spec, cfg.student.library_weights(), log=True)
     label = f"{ctx.name} {spec.arch} ({cfg.method_name()})"
     result = distill_in_stage(student, cfg, cfg, ctx, label, seed=cfg.seed)
     extra: dict = {"method": cfg.method_name(), "seed": cfg.seed, **result.timings}

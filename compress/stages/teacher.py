@@ -13,7 +13,8 @@ from torch import nn
 from compress.config.base import ModelConfig, TrainConfig
 from compress.io import load_torch
 from compress.models import build_model
-from compress.models.checkpoint import extract_state_dict, load_state_dict_checked
+from compress.models.checkpoint import load_state_dict_checked
+from compress.models.weights import extract_state_dict
 from compress.stages.base import STAGES, StageConfig, StageContext, StageResult, StageSpec
 from compress.stages.common import checkpoint_path, finish_model, model_spec
 from compress.train.loop import FitResult, fit
@@ -43,7 +44,7 @@ class TeacherConfig(TrainConfig, StageConfig):
 def run(cfg: TeacherConfig, ctx: StageContext) -> StageResult:
     data = ctx.data()
     spec = model_spec(cfg.model, data)
-    model = build_model(spec)
+    model = build_model(spec, cfg.model.library_weights(), log=True)
     if cfg.checkpoint is not None:
         state = extract_state_dict(load_torch(cfg.checkpoint), cfg.checkpoint)
         load_state_dict_checked(model, state, cfg.checkpoint, spec.arch)

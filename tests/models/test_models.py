@@ -13,7 +13,8 @@ import torchvision
 from compress.errors import CheckpointError
 from compress.io import load_torch
 from compress.models import MODELS, ModelSpec, build_model, load_model, save_model
-from compress.models.checkpoint import extract_state_dict, load_state_dict_checked
+from compress.models.checkpoint import load_state_dict_checked
+from compress.models.weights import extract_state_dict
 
 FAST_ARCHS = [a for a in MODELS.names() if a != "resnet50"]
 
