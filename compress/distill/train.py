@@ -26,6 +26,7 @@ from compress.stages.base import StageContext, StageInput
 from compress.stages.common import checkpoint_path
 from compress.train.evaluate import predict
 from compress.train.loop import FitResult, fit
+from compress.train.optim import total_steps
 from compress.ui import console
 
 TeacherLogits = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -58,7 +59,7 @@ def distill_student(
         probe_shapes(teacher, teacher_layers, example, "the teacher") if teacher else {},
     )
     loss_fn = build_loss(settings, shapes, student).to(ctx.device)
-    loss_fn.plan(train.epochs * data.steps_per_epoch(train.batch_size or data.cfg.batch_size))
+    loss_fn.plan(total_steps(train, data.steps_per_epoch(train.batch_size or data.cfg.batch_size)))
     cache = teacher is not None and not teacher_layers
     cache = cache and train.augment == "none" and settings.cache_teacher
     teacher_logits_for = teacher_source(teachers, ctx, cached=cache)
@@ -145,7 +146,7 @@ def _cached_logits(teacher: nn.Module, source: StageInput, ctx: StageContext) ->
     """Teacher logits of the training split, then of ``data.unlabeled`` (rows len(train) + i),
     shared by stages through the run's cache folder."""
     split_keys = {"dataset", "root", "image_size", "channels", "mean", "std", "train_subset",
-                  "val_split", "unlabeled"}  # fmt: skip
+                  "labels_per_class", "val_split", "unlabeled"}  # fmt: skip
     data_cfg = ctx.data_cfg().model_dump(mode="json", include=split_keys)
     key = sha256_json({"teacher": source.entry["artifacts"]["model"]["sha256"],
                        "data": data_cfg, "seed": ctx.pipeline.seed})  # fmt: skip
