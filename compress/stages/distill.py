@@ -15,6 +15,7 @@ from pydantic import Field, model_validator
 
 from compress.config.base import ModelConfig, TrainConfig
 from compress.distill.config import DistillSettings
+from compress.distill.methods.mutual import buildable
 from compress.distill.train import distill_student, teacher_inputs
 from compress.models import build_model
 from compress.stages.base import STAGES, StageConfig, StageContext, StageResult, StageSpec
@@ -57,7 +58,7 @@ def run(cfg: DistillConfig, ctx: StageContext) -> StageResult:
     spec = model_spec(cfg.student, ctx.data())
     if cfg.seed is not None:
         torch.manual_seed(cfg.seed)
-    student = build_model(spec)
+    student = buildable(build_model(spec), spec)  # mutual learning builds its peers alike
     label = f"{ctx.name} {spec.arch} ({cfg.method_name()})"
     result = distill_student(student, cfg, cfg, ctx, label, seed=cfg.seed)
     extra: dict = {"method": cfg.method_name(), "seed": cfg.seed}
