@@ -50,9 +50,9 @@ def dkd_parts(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(TCKD, NCKD), each already scaled by T^2 and averaged over the batch.
 
-    Computed in float32 at least, whatever the logits' dtype (fp16/bf16 autocast), and the non-target
-    softmax drops the target column instead of masking it with a huge negative number (which
-    overflows half precision)."""
+    Computed in float32 at least, whatever the logits' dtype (fp16/bf16 autocast); the
+    non-target softmax drops the target column instead of masking it with a huge negative
+    number (which overflows half precision)."""
     wide = torch.promote_types(student.dtype, torch.float32)  # fp16/bf16 -> fp32, fp64 stays
     student, teacher = student.to(wide), teacher.to(wide)
     n, classes = student.shape
