@@ -53,3 +53,18 @@ def test_dkd_warms_up_over_a_twelfth_of_the_run_by_default():
     off = METHODS.get("dkd").build(METHODS.get("dkd").params(ce_weight=0.0, warmup_steps=0))
     off.plan(120)
     assert float(off(student, teacher, labels)) == pytest.approx(10 * first, rel=1e-4)
+
+
+def test_fitnets_default_hint_weight_has_the_reference_scale():
+    """mean-MSE hints weighted 100, as RepDistiller and mdistiller (was 1.0: ~100x weaker)."""
+    from compress.distill.base import Features, FeatureShapes
+
+    spec_ = METHODS.get("fitnets")
+    params = spec_.params(pairs=[{"student": "s", "teacher": "t"}], ce_weight=0.0)
+    loss = spec_.build(params, FeatureShapes({"s": (4, 2, 2)}, {"t": (4, 2, 2)}))
+    f_s, f_t = torch.randn(3, 4, 2, 2), torch.randn(3, 4, 2, 2)
+    features = Features({"s": f_s}, {"t": f_t}, torch.zeros(3, 1, 2, 2))
+    logits = torch.zeros(3, 10)
+    got = float(loss(logits, logits, torch.zeros(3, dtype=torch.long), features))
+    assert got == pytest.approx(100.0 * float(loss.hint(features)), rel=1e-6)
+    assert params.hint_weight == 100.0
