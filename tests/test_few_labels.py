@@ -87,6 +87,15 @@ def test_grid_labels_copy_the_cells_not_the_teacher():
     assert stages["labels5.distill-kd-s0"].data.train_subset == 256  # the pipeline's data block
 
 
+def test_grid_unlabeled_true_alone_keeps_the_cell_names_for_the_sweeps():
+    raw = few_label_grid(labels=[5], unlabeled=[True], seeds=[0], temperatures=[2.0])
+    stages = dict(parse_pipeline(raw).stage_items())
+    assert list(stages) == ["teacher", "labels5.distill-baseline-s0", "labels5.distill-kd-s0",
+                            "labels5.distill-T2-s0"]  # fmt: skip
+    assert stages["labels5.distill-T2-s0"].data.unlabeled == "rest"
+    assert stages["labels5.distill-baseline-s0"].data.unlabeled is None  # no teacher to use them
+
+
 def test_grid_labels_errors():
     with pytest.raises(ConfigError, match="cannot be combined"):
         parse_pipeline(few_label_grid(datasets=["fashion-mnist"]))
@@ -152,3 +161,20 @@ def test_few_labels_through_compress_run(fake_fashion: Path, tmp_path: Path):
         history = json.loads((run / stages[cell]["artifacts"]["history"]["path"]).read_text())
         assert len(history) == 2  # 20 labelled / 8 = 2 steps an epoch: 3 steps = 2 epochs
     assert (run / "compare" / "labels.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_shipped_few_label_pipelines_validate_with_equal_budgets():
+    from compress.config.load import load_pipeline
+    from tests.conftest import ROOT
+
+    stages = dict(load_pipeline(ROOT / "pipelines" / "compare_few_labels.yaml").stage_items())
+    cells = {n: s for n, s in stages.items() if s.type == "distill"}
+    assert len(cells) == 2 * (5 + 6 * 2 * 5) + 7 * 5  # 100 / 500 per class (+unlabeled), all
+    assert {s.steps for s in cells.values()} == {469}
+    assert stages["teacher"].data is None and stages["teacher"].model.arch == "resnet34"
+    kd_u = cells["labels100.distill-kd+unlabeled-s4"]
+    assert (kd_u.data.labels_per_class, kd_u.data.unlabeled) == (100, "rest")
+    sweeps = load_pipeline(ROOT / "pipelines" / "compare_few_labels_sweeps.yaml")
+    names = [n for n, _ in sweeps.stage_items()]
+    assert {"teacher-resnet18", "teacher-resnet50", "labels100.distill-T8-s4",
+            "labels100.distill-teacher-resnet50-s0"} <= set(names)  # fmt: skip

@@ -74,8 +74,9 @@ class GridConfig(StrictModel):
     unlabeled: list[bool] = Field(
         default_factory=lambda: [False],
         min_length=1,
-        description="with true, each cell of a method with a teacher also runs with the rest "
-        "of the training split as unlabeled images (data.unlabeled: rest), as <method>+unlabeled",
+        description="[false, true]: each cell of a method with a teacher also runs with the "
+        "rest of the training split as unlabeled images (data.unlabeled: rest), labelled "
+        "<method>+unlabeled; [true]: those cells only use them, names unchanged",
     )
 
     @model_validator(mode="after")
@@ -168,7 +169,9 @@ def label_cells(grid: GridConfig, stages: dict[str, Any], data: dict[str, Any]) 
             if False in grid.unlabeled or count == "all" or not _has_teacher(stage):
                 out[f"{scope}.{name}"] = {**stage, "data": block}
             if True in grid.unlabeled and count != "all" and _has_teacher(stage):
-                cell = f"{scope}.{prefix}{label}{UNLABELED_SUFFIX}-s{seed}"
+                # the suffix tells the two variants apart; with [true] alone names stay plain
+                suffix = UNLABELED_SUFFIX if False in grid.unlabeled else ""
+                cell = f"{scope}.{prefix}{label}{suffix}-s{seed}"
                 out[cell] = {**stage, "data": {**block, "unlabeled": "rest"}}
     return out
 
