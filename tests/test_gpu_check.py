@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +34,10 @@ def test_without_a_gpu_it_says_so_in_one_line_and_exits_0(tmp_path: Path):
 
 @pytest.mark.e2e
 @requires_fashion
+@pytest.mark.skipif(
+    os.environ.get("COMPRESS_SLOW_TESTS") != "1",
+    reason="several minutes on 2 cores (every part of the GPU check on CPU); COMPRESS_SLOW_TESTS=1",
+)
 def test_tiny_cpu_mode_runs_every_part_and_writes_json_and_markdown(tmp_path: Path):
     out = tmp_path / "out"
     done = _run("--device", "cpu", "--tiny", "--skip-tests", "--out", str(out))

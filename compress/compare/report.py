@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from compress.config.base import DataConfig
-from compress.config.grid import TEACHER_SWEEP, GridConfig, dataset_blocks
+from compress.config.grid import TEACHER_SWEEP, GridConfig, dataset_blocks, label_scope
 from compress.data.module import get_data
 from compress.io import atomic_path, write_text
 from compress.manifest import Manifest
@@ -55,9 +55,12 @@ def _summary(records: list[dict[str, Any]]) -> tuple[float, float, int]:
 
 
 def dataset_labels(manifest: Manifest) -> list[str | None]:
-    """The grid's dataset labels in order, or [None] for a grid on the pipeline's one dataset."""
+    """The grid's dataset labels (or ``grid.labels`` scopes) in order, or [None] for a grid on
+    the pipeline's one dataset."""
     config = manifest.data["pipeline"]["config"]
     grid = GridConfig.model_validate(config["grid"])
+    if grid.labels:
+        return [label_scope(count) for count in grid.labels]
     return [label for label, _ in dataset_blocks(grid, config["data"])] or [None]
 
 
@@ -66,8 +69,28 @@ def _scope(dataset: str | None) -> str:
 
 
 def _teacher_stage(manifest: Manifest, dataset: str | None) -> tuple[str, dict[str, Any]] | None:
-    return next(((n, e) for n, e in manifest.stages.items()
-                 if e["type"] == "teacher" and n.startswith(_scope(dataset))), None)  # fmt: skip
+    """The scope's teacher; ``grid.labels`` scopes share the one unscoped teacher."""
+    teachers = [(n, e) for n, e in manifest.stages.items() if e["type"] == "teacher"]
+    scoped = [(n, e) for n, e in teachers if n.startswith(_scope(dataset))]
+    return next(iter(scoped or [(n, e) for n, e in teachers if "." not in n]), None)
+
+
+def welch_interval(
+    a: list[float], b: list[float], level: float = 0.95
+) -> tuple[float, float] | None:
+    """Interval for mean(a) - mean(b) by Welch's t (unequal variances); None when a side has
+    fewer than 2 values or both have no spread."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    if va + vb == 0:
+        return None
+    from scipy.stats import t as student_t
+
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    half = float(student_t.ppf(0.5 + level / 2, df)) * math.sqrt(va + vb)
+    diff = statistics.fmean(a) - statistics.fmean(b)
+    return diff - half, diff + half
 
 
 def methods_table(manifest: Manifest, dataset: str | None = None) -> list[dict[str, Any]]:
@@ -75,12 +98,17 @@ def methods_table(manifest: Manifest, dataset: str | None = None) -> list[dict[s
     _, cells = cell_results(manifest, dataset)
     method_labels = [label for label in cells if not _is_sweep(label)]
     baseline = _summary(cells["baseline"])[0] if "baseline" in cells else None
+    base_values = [r["top1"] for r in cells.get("baseline", [])]
     rows = []
     for label in method_labels:
         mean, std, n = _summary(cells[label])
         gain = None if baseline is None else mean - baseline
+        ci = None
+        if label != "baseline":
+            ci = welch_interval([r["top1"] for r in cells[label]], base_values)
         rows.append({"method": label, "top1_mean": mean, "top1_std": std, "seeds": n,
-                     "gain_vs_baseline": gain, "params": cells[label][0]["params"]})  # fmt: skip
+                     "gain_vs_baseline": gain, "gain_ci95": ci,
+                     "params": cells[label][0]["params"]})  # fmt: skip
     rows.sort(key=lambda r: -r["top1_mean"])
     _, teacher = _teacher_stage(manifest, dataset) or (None, None)
     if teacher and teacher.get("status") == "done":
@@ -88,7 +116,8 @@ def methods_table(manifest: Manifest, dataset: str | None = None) -> list[dict[s
         gain = None if baseline is None else top1 - baseline
         params = teacher["metrics"].get("params")
         rows.insert(0, {"method": "teacher", "top1_mean": top1, "top1_std": 0.0, "seeds": 1,
-                        "gain_vs_baseline": gain, "params": params})  # fmt: skip
+                        "gain_vs_baseline": gain, "gain_ci95": None,
+                        "params": params})  # fmt: skip
     return rows
 
 
@@ -182,6 +211,8 @@ def _markdown(rows: list[dict[str, Any]], title: str) -> str:
 def _cell(key: str, value: Any) -> str:
     if value is None:
         return "-"
+    if key == "gain_ci95":  # fractions, shown in points
+        return f"[{100 * value[0]:+.2f}, {100 * value[1]:+.2f}]"
     if key in ("top1_mean", "teacher_top1"):  # fractions, shown as percentages
         return f"{100 * value:.2f}%"
     if key in ("top1_std", "gain_vs_baseline"):  # in points
@@ -208,6 +239,58 @@ def write_compare_report(manifest: Manifest) -> list[Path]:
     written = []
     for dataset in dataset_labels(manifest):
         written += _write_dataset_report(manifest, dataset)
+    grid = manifest.data["pipeline"]["config"]["grid"]
+    if grid.get("labels"):
+        written += _write_labels_report(manifest, grid["labels"])
+    return written
+
+
+def labels_table(manifest: Manifest, counts: list[int | str]) -> list[dict[str, Any]]:
+    """One row per (labels per class, method): the methods table of every ``grid.labels`` scope."""
+
+    rows = []
+    for count in counts:
+        for row in methods_table(manifest, label_scope(count)):
+            if row["method"] != "teacher":
+                rows.append({"labels_per_class": count, **row})
+    return rows
+
+
+def _write_labels_report(manifest: Manifest, counts: list[int | str]) -> list[Path]:
+    """compare/labels.md/.csv and labels.png: top-1 against labelled images per class, one line
+    per method, with the teacher and the all-labels baseline as horizontal lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = manifest.run_dir / "compare"
+    rows = labels_table(manifest, counts)
+    title = "Test top-1 per labelled images per class (mean ± std over seeds)"
+    written = []
+    for suffix, text in ((".md", _markdown(rows, title)), (".csv", _csv(rows))):
+        write_text(out_dir / f"labels{suffix}", text)
+        written.append(out_dir / f"labels{suffix}")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    curve = [r for r in rows if r["labels_per_class"] != "all"]
+    for method in dict.fromkeys(r["method"] for r in curve):
+        points = sorted((r["labels_per_class"], r) for r in curve if r["method"] == method)
+        ax.errorbar([x for x, _ in points], [r["top1_mean"] for _, r in points],
+                    yerr=[r["top1_std"] for _, r in points], marker="o", capsize=3,
+                    label=method)  # fmt: skip
+    _, teacher = _teacher_stage(manifest, None) or (None, None)
+    if teacher and teacher.get("status") == "done":
+        ax.axhline(100 * teacher["metrics"]["top1"], color="#444", ls="--", label="teacher")
+    full = [r for r in rows if r["labels_per_class"] == "all" and r["method"] == "baseline"]
+    if full:
+        ax.axhline(full[0]["top1_mean"], color="#888", ls=":", label="baseline, all labels")
+    ax.set_xscale("log")
+    ax.set_xlabel("labelled training images per class")
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title("Distillation with few labels")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    written.append(_save(fig, out_dir / "labels.png"))
     return written
 
 

@@ -55,6 +55,12 @@ class DataConfig(StrictModel):
     mean: list[float] | None = Field(None, description="per-channel mean; default: dataset's")
     std: list[float] | None = Field(None, description="per-channel std; default: dataset's")
     train_subset: int | None = Field(None, ge=1, description="use only N training images")
+    labels_per_class: int | None = Field(
+        None,
+        ge=1,
+        description="keep N labelled training images per class (a stratified draw fixed by the "
+        "pipeline seed, from the train_subset pool if set; val_split carved from them)",
+    )
     test_subset: int | None = Field(None, ge=1, description="use only N test images")
     val_split: float = Field(
         0.0, ge=0.0, lt=1.0, description="fraction of training images held out for validation"
@@ -70,10 +76,11 @@ class DataConfig(StrictModel):
         description="image files that do not decode are skipped and counted (default: an error "
         "naming the file)",
     )
-    unlabeled: Path | None = Field(
+    unlabeled: Literal["rest"] | Path | None = Field(
         None,
-        description="folder of extra unlabeled images (searched recursively): distilling "
-        "stages add them to each step with the teacher's soft targets only",
+        description="folder of extra unlabeled images (searched recursively), or rest: the "
+        "training images left out by labels_per_class / train_subset, labels dropped; "
+        "distilling stages add them to each step with the teacher's soft targets only",
     )
     unlabeled_batch_size: int | None = Field(
         None, ge=1, description="unlabeled images per step; default: the stage's batch size"
@@ -81,8 +88,8 @@ class DataConfig(StrictModel):
 
     @field_validator("unlabeled")
     @classmethod
-    def _unlabeled_folder(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_dir():
+    def _unlabeled_folder(cls, value: Path | str | None) -> Path | str | None:
+        if isinstance(value, Path) and not value.is_dir():
             raise ValueError(f"no such folder: {value}")
         return value
 
@@ -94,6 +101,11 @@ class DataConfig(StrictModel):
                 raise ValueError(f"{key} has {len(values)} values but channels is {self.channels}")
         if self.std is not None and any(s <= 0 for s in self.std):
             raise ValueError("std values must be > 0")
+        if self.unlabeled == "rest" and not (self.labels_per_class or self.train_subset):
+            raise ValueError(
+                "unlabeled: rest needs labels_per_class or train_subset (the rest of the "
+                "training split becomes the unlabeled images)"
+            )
         return self
 
 
@@ -166,6 +178,12 @@ class TrainConfig(StrictModel):
     """Optimisation settings shared by every stage that trains."""
 
     epochs: int = Field(10, ge=0, description="passes over the training split")
+    steps: int | None = Field(
+        None,
+        ge=1,
+        description="train for exactly N optimizer steps instead of epochs (the schedule spans "
+        "them): equal budgets whatever the split's size",
+    )
     batch_size: int | None = Field(
         None,
         ge=1,

@@ -28,12 +28,13 @@ the same dataset's copies. An entry is a dataset name or a data block with an op
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from compress.config.base import StrictModel
 from compress.errors import ConfigError
+from compress.registry import METHODS
 
 
 class GridConfig(StrictModel):
@@ -66,6 +67,26 @@ class GridConfig(StrictModel):
         default_factory=list,
         description="repeat every stage per dataset: names or data blocks with a label",
     )
+    labels: list[int | Literal["all"]] = Field(
+        default_factory=list,
+        description="repeat the cells (not the teachers) per labelled images per class "
+        "(data.labels_per_class; all: every label), scoped labels<N>. / labels-all.",
+    )
+    unlabeled: list[bool] = Field(
+        default_factory=lambda: [False],
+        min_length=1,
+        description="[false, true]: each cell of a method with a teacher also runs with the "
+        "rest of the training split as unlabeled images (data.unlabeled: rest), labelled "
+        "<method>+unlabeled; [true]: those cells only use them, names unchanged",
+    )
+
+    @model_validator(mode="after")
+    def _labels_alone(self) -> GridConfig:
+        if self.labels and self.datasets:
+            raise ValueError("grid.labels and grid.datasets cannot be combined; use one")
+        if True in self.unlabeled and not any(n != "all" for n in self.labels):
+            raise ValueError("grid.unlabeled: true needs grid.labels with a count below all")
+        return self
 
 
 def expand_grid(split: dict[str, Any]) -> dict[str, Any]:
@@ -100,6 +121,8 @@ def expand_grid(split: dict[str, Any]) -> dict[str, Any]:
                 expanded[f"{name}-{TEACHER_SWEEP}{label}-s{seed}"] = {
                     **cell, "method": sweep_method_block(grid, template), "seed": seed,
                     "input": teacher}  # fmt: skip
+    if grid.labels:
+        return {**split, "stages": label_cells(grid, expanded, split.get("data") or {})}
     if not grid.datasets:
         return {**split, "stages": expanded}
     per_dataset: dict[str, Any] = {}
@@ -116,6 +139,56 @@ def expand_grid(split: dict[str, Any]) -> dict[str, Any]:
                 copy["teachers"] = [renamed.get(t, t) for t in stage["teachers"]]
             per_dataset[renamed[name]] = copy
     return {**split, "stages": per_dataset}
+
+
+UNLABELED_SUFFIX = "+unlabeled"  # cell label of a method run with data.unlabeled: rest
+
+
+def label_scope(count: int | str) -> str:
+    """The stage-name scope of one ``grid.labels`` entry: labels100, labels-all."""
+    return "labels-all" if count == "all" else f"labels{count}"
+
+
+def label_cells(grid: GridConfig, stages: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    """Each grid cell once per ``grid.labels`` entry (``labels100.distill-kd-s0``) with the
+    pipeline's data block and that many labels per class; with ``unlabeled: [.., true]`` a
+    method that has a teacher also gets ``<method>+unlabeled`` cells on data.unlabeled: rest.
+    Teacher stages are left as they are: they train once, on every label."""
+    prefix = grid.template + "-"
+    out = {name: stage for name, stage in stages.items() if not name.startswith(prefix)}
+    # seed by seed, so a run cut short still holds every method at its first seeds
+    stages = dict(sorted(stages.items(), key=lambda kv: _seed_of(kv[0], prefix)))
+    for count in grid.labels:
+        scope = label_scope(count)
+        block = {k: v for k, v in data.items() if k not in ("labels_per_class", "unlabeled")}
+        if count != "all":
+            block["labels_per_class"] = count
+        for name, stage in stages.items():
+            if not name.startswith(prefix) or not isinstance(stage, dict):
+                continue
+            label, _, seed = name[len(prefix) :].rpartition("-s")
+            if False in grid.unlabeled or count == "all" or not _has_teacher(stage):
+                out[f"{scope}.{name}"] = {**stage, "data": block}
+            if True in grid.unlabeled and count != "all" and _has_teacher(stage):
+                # the suffix tells the two variants apart; with [true] alone names stay plain
+                suffix = UNLABELED_SUFFIX if False in grid.unlabeled else ""
+                cell = f"{scope}.{prefix}{label}{suffix}-s{seed}"
+                out[cell] = {**stage, "data": {**block, "unlabeled": "rest"}}
+    return out
+
+
+def _seed_of(name: str, prefix: str) -> int:
+    seed = name.rpartition("-s")[2]
+    return int(seed) if name.startswith(prefix) and seed.isdigit() else -1
+
+
+def _has_teacher(stage: dict[str, Any]) -> bool:
+    """Whether a cell's method reads a teacher (only those use unlabeled images)."""
+    method = stage.get("method", "kd")
+    method = {"name": method} if isinstance(method, str) else method
+    parts = method.get("parts", []) if method.get("name") == "mix" else [method]
+    names = [p.get("name", "") if isinstance(p, dict) else str(p) for p in parts]
+    return any(n in METHODS and METHODS.get(n).uses_teacher for n in names)
 
 
 def dataset_blocks(grid: GridConfig, data: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:

@@ -9,7 +9,7 @@ seeded by (seed, epoch, batch), so a resumed epoch sees exactly the batches it w
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -81,6 +81,24 @@ class Split:
         )
 
 
+def per_class(
+    order: torch.Tensor, labels: torch.Tensor, n: int, classes: list[str]
+) -> torch.Tensor:
+    """The first ``n`` rows of each class in ``order`` (a shuffled order: a stratified draw),
+    still in that order."""
+    ranked = labels[order]
+    keep = torch.zeros(len(order), dtype=torch.bool)
+    for c, name in enumerate(classes):
+        where = (ranked == c).nonzero().flatten()
+        if len(where) < n:
+            raise DataError(
+                f"data.labels_per_class: {n}, but class '{name}' has {len(where)} training "
+                "images; lower labels_per_class"
+            )
+        keep[where[:n]] = True
+    return order[keep]
+
+
 def resize_uint8(images: torch.Tensor, size: int, channels: int) -> torch.Tensor:
     """Bilinear (antialiased) resize and channel conversion of a uint8 NCHW batch."""
     if images.shape[1] != channels:
@@ -114,9 +132,12 @@ class DataModule:
         self.skipped: list[str] = []  # corrupt files left out (data.skip_corrupt)
         train_source, test_source = info.load(cfg.root, cfg.download)
         self.classes = list(train_source.classes)
-        order = torch.randperm(len(train_source), generator=_gen(seed, 7))
-        if cfg.train_subset:
-            order = order[: cfg.train_subset]
+        shuffled = torch.randperm(len(train_source), generator=_gen(seed, 7))
+        order = shuffled[: cfg.train_subset] if cfg.train_subset else shuffled
+        pool = shuffled  # what unlabeled: rest draws from, minus the labelled images
+        if cfg.labels_per_class:  # train_subset is then the pool the labels are drawn from
+            pool = order
+            order = per_class(order, train_source.labels, cfg.labels_per_class, self.classes)
         n_val = round(len(order) * cfg.val_split)
         test_rows = torch.arange(len(test_source))
         if cfg.test_subset and cfg.test_subset < len(test_source):
@@ -131,7 +152,15 @@ class DataModule:
             shown = "; ".join(self.skipped[:3]) + (" ..." if len(self.skipped) > 3 else "")
             console.print(f"  [yellow]skipped {len(self.skipped)} corrupt image file(s)[/] "
                           f"(data.skip_corrupt): {shown}")  # fmt: skip
-        self.unlabeled = self._unlabeled(cfg.unlabeled) if cfg.unlabeled else None
+        self.unlabeled = None
+        if cfg.unlabeled == "rest":  # the training images the labelled split left out
+            rest = pool[~torch.isin(pool, order)]
+            if len(rest) == 0:
+                raise DataError("data.unlabeled: rest: every training image is labelled already")
+            kept = self._split(train_source, rest)
+            self.unlabeled = replace(kept, labels=torch.full_like(kept.labels, UNLABELED))
+        elif cfg.unlabeled:
+            self.unlabeled = self._unlabeled(Path(cfg.unlabeled))
 
     @property
     def num_classes(self) -> int:

@@ -30,7 +30,7 @@ class MixParams(MethodParams):
     parts: list[PartConfig] = Field(  # type: ignore[valid-type]
         default_factory=lambda: [
             METHODS.get("kd").params(alpha=0.5),
-            METHODS.get("fitnets").params(ce_weight=0.0, hint_weight=1.0),
+            METHODS.get("fitnets").params(ce_weight=0.0),
         ],
         min_length=2,
         description="the methods to add, each with its weight",

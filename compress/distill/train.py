@@ -27,6 +27,7 @@ from compress.io import load_torch, save_torch, sha256_json
 from compress.models import load_model
 from compress.train.evaluate import predict
 from compress.train.loop import FitResult, fit
+from compress.train.optim import total_steps
 from compress.ui import console
 
 TeacherLogits = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -85,7 +86,7 @@ def distill_student(
     loss_fn = build_loss(settings, shapes, student).to(device)
     # every process takes this many steps (each trains on its slice of a global batch)
     batch_size = train.batch_size or data.cfg.batch_size
-    loss_fn.plan(train.epochs * data.steps_per_epoch(batch_size, distributed.world_size()))
+    loss_fn.plan(total_steps(train, data.steps_per_epoch(batch_size, distributed.world_size())))
     cache = teacher is not None and not teacher_layers
     cache = cache and train.augment == "none" and settings.cache_teacher
     started = time.perf_counter()
@@ -175,7 +176,7 @@ def _cached_logits(
     """Teacher logits of the training split, then of ``data.unlabeled`` (rows len(train) + i),
     shared by stages through the run's cache folder."""
     split_keys = {"dataset", "root", "image_size", "channels", "mean", "std", "train_subset",
-                  "val_split", "unlabeled"}  # fmt: skip
+                  "labels_per_class", "val_split", "unlabeled"}  # fmt: skip
     data_cfg = data.cfg.model_dump(mode="json", include=split_keys)
     key = sha256_json({"teacher": source.sha256, "data": data_cfg, "seed": data.seed})
     path = where.cache_dir / f"teacher_logits-{key[:16]}.pt"

@@ -15,6 +15,7 @@ from pydantic import Field, model_validator
 
 from compress.config.base import ModelConfig, TrainConfig
 from compress.distill.config import DistillSettings
+from compress.distill.methods.mutual import buildable
 from compress.models import build_model
 from compress.stages.base import STAGES, StageConfig, StageContext, StageResult, StageSpec
 from compress.stages.common import distill_in_stage, finish_model, model_spec, teacher_inputs
@@ -56,7 +57,8 @@ def run(cfg: DistillConfig, ctx: StageContext) -> StageResult:
     spec = model_spec(cfg.student, ctx.data())
     if cfg.seed is not None:
         torch.manual_seed(cfg.seed)
-    student = build_model(spec, cfg.student.library_weights(), log=True)
+    # mutual learning builds its peers alike
+    student = buildable(build_model(spec, cfg.student.library_weights(), log=True), spec)
     label = f"{ctx.name} {spec.arch} ({cfg.method_name()})"
     result = distill_in_stage(student, cfg, cfg, ctx, label, seed=cfg.seed)
     extra: dict = {"method": cfg.method_name(), "seed": cfg.seed, **result.timings}

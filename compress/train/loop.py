@@ -23,7 +23,7 @@ from compress.data.module import DataModule
 from compress.errors import TrainingError
 from compress.io import load_torch, save_torch
 from compress.train.evaluate import evaluate
-from compress.train.optim import build_optimizer, lr_factor, set_lr
+from compress.train.optim import build_optimizer, lr_factor, set_lr, total_epochs, total_steps
 from compress.ui import console, progress
 
 # step_loss(model, companion, x, y, rows) -> (student logits, loss). ``model`` and ``companion``
@@ -82,6 +82,7 @@ def fit(
     peak_lr = cfg.lr * {"none": 1.0, "linear": world, "sqrt": world**0.5}[cfg.lr_scaling]
     batch_size = cfg.batch_size or data.cfg.batch_size
     steps_per_epoch = data.steps_per_epoch(batch_size, world)
+    epochs, last_step = total_epochs(cfg, steps_per_epoch), total_steps(cfg, steps_per_epoch)
     result = FitResult()
     state = _resume(checkpoint, fingerprint, model, companion, optimizer, scaler)
     epoch, skip = state.get("epoch", 0), state.get("step_in_epoch", 0)
@@ -98,9 +99,9 @@ def fit(
 
     model.train()
     with progress() as bars:
-        task = bars.add_task(label, total=cfg.epochs * steps_per_epoch, stats="")
+        task = bars.add_task(label, total=last_step, stats="")
         bars.update(task, completed=epoch * steps_per_epoch + skip)
-        while epoch < cfg.epochs:
+        while epoch < epochs:
             # running sums of this process's share of the epoch; a mid-epoch resume continues
             # them (the checkpoint holds the sums over all processes, taken up by rank 0)
             saved = state.pop("running", None) if skip else None
@@ -112,6 +113,8 @@ def fit(
                                          unlabeled=unlabeled_batch)  # fmt: skip
             for step, (x, y, rows) in enumerate(batches, start=skip):
                 global_step = epoch * steps_per_epoch + step
+                if global_step >= last_step:  # ``steps`` ends the last epoch part-way
+                    break
                 set_lr(optimizer, peak_lr * lr_factor(global_step, cfg, steps_per_epoch))
                 x = x.to(device).contiguous(memory_format=fmt)
                 y = y.to(device)
@@ -141,7 +144,7 @@ def fit(
                 run["seconds"] = time.perf_counter() - started
                 rate = run["seen"] * world / max(1e-9, run["seconds"])
                 stats = (
-                    f"ep {epoch + 1}/{cfg.epochs} loss {run['loss_sum'] / run['seen']:.3f} "
+                    f"ep {epoch + 1}/{epochs} loss {run['loss_sum'] / run['seen']:.3f} "
                     f"acc {run['correct'] / run['seen']:.3f} {rate:,.0f} img/s"
                 )
                 bars.update(task, advance=1, stats=stats)

@@ -22,9 +22,21 @@ def build_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """Optimizer steps of the whole run: ``steps`` when set, else epochs x steps per epoch."""
+    return cfg.steps if cfg.steps is not None else cfg.epochs * steps_per_epoch
+
+
+def total_epochs(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """Epochs the loop starts: the last one may stop part-way when ``steps`` is set."""
+    if cfg.steps is None:
+        return cfg.epochs
+    return -(-cfg.steps // steps_per_epoch)
+
+
 def lr_factor(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
     """Multiplier of cfg.lr at a global step; a pure function so resumes need no state."""
-    total = max(1, cfg.epochs * steps_per_epoch)
+    total = max(1, total_steps(cfg, steps_per_epoch))
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
     if cfg.schedule == "onecycle":
         warmup = warmup or max(1, int(0.15 * total))

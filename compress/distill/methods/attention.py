@@ -6,6 +6,11 @@
 with p = 2 and beta = 1000 as in the paper's code (the squared distance is averaged over the
 map's positions, which is what makes beta = 10^3 the right scale). Maps of different sizes are
 average-pooled to the smaller one before normalising; channel counts may differ freely.
+
+Convention: ``beta/2`` times the sum over pairs, with beta = 1000, is Zagoruyko's (the paper's
+eq. 2 and its code's ``beta/2 * sum(at_loss)``). mdistiller (``AT.LOSS.FEAT_WEIGHT: 1000``)
+multiplies the same per-position mean by 1000 without the /2, so its term is twice ours at
+the same beta: ``beta: 2000`` here reproduces it.
 """
 
 from __future__ import annotations

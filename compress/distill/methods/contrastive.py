@@ -8,6 +8,12 @@ the batch.
     L = ce_weight * CE + nce_weight * CE(logits, diag)
 
 The teacher features are fixed (no gradient); both projection heads are learned.
+
+Two limits, on purpose: the InfoNCE is one-directional (student anchors pick among teacher
+embeddings; the symmetric teacher->student term is not added), and the negatives are the
+other images of the batch each process sees. Under torchrun every process contrasts against
+its own ``batch_size`` images only, not the global batch (no all_gather of embeddings), so N
+processes give the same number of negatives per anchor as one process at that batch size.
 """
 
 from __future__ import annotations

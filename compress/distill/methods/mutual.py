@@ -1,6 +1,7 @@
 """mutual: deep mutual learning, Zhang et al. 2018, "Deep Mutual Learning" (arXiv:1706.00384).
 
-The student and ``peers`` freshly initialised copies of it train together from scratch; each
+The student and ``peers`` new models of its architecture (built by the model registry's
+builder, each from its own seed: the stage's seed + 1, + 2, ...) train together from scratch; each
 learns from the labels and from every other's predictions, no pretrained teacher:
 
     L = sum_i [ CE(z_i, y) + w * T^2 / (K - 1) * sum_{j != i} KL(p_j || p_i) ]
@@ -22,6 +23,7 @@ lr 0.1 onecycle, seed 0: baseline 80.30%, mutual with the paper's weights 22.05%
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Literal
 
 import torch
@@ -37,6 +39,7 @@ from compress.distill.base import (
     hard_label_ce,
 )
 from compress.distill.methods.kd import kd_divergence
+from compress.models.checkpoint import ModelSpec, build_model
 
 
 class MutualParams(ClassifierLossParams):
@@ -51,12 +54,32 @@ class MutualParams(ClassifierLossParams):
     )
 
 
-def fresh_copy(model: nn.Module) -> nn.Module:
-    peer = copy.deepcopy(model)
-    for module in peer.modules():
-        if hasattr(module, "reset_parameters"):
-            module.reset_parameters()
-    return peer
+PEER_BUILDER = "build_peer"  # attribute of a student: () -> a new model of its architecture
+
+
+def buildable(student: nn.Module, spec: ModelSpec) -> nn.Module:
+    """``student``, carrying the builder its peers are made with (the distill stage sets it)."""
+    setattr(student, PEER_BUILDER, functools.partial(build_model, spec))
+    return student
+
+
+def fresh_copy(model: nn.Module, seed: int) -> nn.Module:
+    """A new model of ``model``'s architecture, initialised from ``seed``.
+
+    Built by the model registry's builder when the student carries it, so peers start from the
+    architecture's own initialisation (MobileNetV2's kaiming stem, ResNet's zero-initialised
+    last BN per block) exactly like the student; a bare module (unit tests) falls back to
+    PyTorch's per-layer ``reset_parameters``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        builder = getattr(model, PEER_BUILDER, None)
+        if builder is not None:
+            return builder()
+        peer = copy.deepcopy(model)
+        for module in peer.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+        return peer
 
 
 class MutualLoss(DistillLoss):
@@ -64,7 +87,9 @@ class MutualLoss(DistillLoss):
         super().__init__()
         assert isinstance(student, nn.Module), "mutual learning needs the student"
         self.params = params
-        self.peers = nn.ModuleList(fresh_copy(student) for _ in range(params.peers))
+        # each peer its own seed, derived from the stage's (the student's) seed
+        base = torch.initial_seed()
+        self.peers = nn.ModuleList(fresh_copy(student, base + 1 + i) for i in range(params.peers))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
 
     def mimicry_weight(self) -> float:
