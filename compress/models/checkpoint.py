@@ -20,7 +20,7 @@ from compress.errors import CheckpointError
 from compress.io import load_torch, save_torch
 from compress.models.adapt import adapt
 from compress.models.sources import source_of
-from compress.models.weights import FORMAT, extract_state_dict
+from compress.models.weights import FORMAT, extract_state_dict, state_mismatch
 from compress.quant.prepare import QuantSpec, quantize_model
 from compress.registry import MODELS
 from compress.ui import console
@@ -119,14 +119,7 @@ def load_state_dict_checked(
     model: nn.Module, state: dict[str, torch.Tensor], path: Path, arch: str
 ) -> None:
     """Load strictly; on mismatch name the missing, unexpected and mis-shaped keys."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
-    ]
+    missing, unexpected, wrong = state_mismatch(model.state_dict(), state)
     if missing or unexpected or wrong:
         parts = []
         for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", wrong)):

@@ -33,6 +33,21 @@ def extract_state_dict(payload: Any, path: Path) -> dict[str, torch.Tensor]:
     return payload
 
 
+def state_mismatch(
+    expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], skip: tuple[str, ...] = ()
+) -> tuple[list[str], list[str], list[str]]:
+    """Missing keys, unexpected keys and mis-shaped keys (``skip``: prefixes whose shapes may
+    differ, e.g. a head that is replaced after loading)."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape and not (skip and k.startswith(skip))
+    ]
+    return missing, unexpected, wrong
+
+
 def check_weights_file(
     source: Any, arch: str, name: str, kwargs: dict[str, Any], path: Path
 ) -> None:
@@ -44,14 +59,7 @@ def check_weights_file(
         raise ValueError(str(exc)) from None
     model = source.build(name, kwargs, None)
     adapted = {f"{head(model)[0]}.", f"{first_conv(model)[0]}."}
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and state[k].shape != v.shape and not k.startswith(tuple(adapted))
-    ]
+    missing, unexpected, wrong = state_mismatch(model.state_dict(), state, skip=tuple(adapted))
     if missing or unexpected or wrong:
         shown = (missing + unexpected + wrong)[:3]
         raise ValueError(
