@@ -126,9 +126,9 @@ def test_labels_report_tables_and_curve(tmp_path: Path):
     manifest = Manifest(tmp_path, {"pipeline": {"config": config}, "stages": stages})
     rows = methods_table(manifest, "labels5")
     assert [r["method"] for r in rows] == ["teacher", "kd+unlabeled", "kd", "baseline"]
-    assert rows[1]["gain_vs_baseline"] == pytest.approx(20.0)
-    # 2 seeds each, spread 0.71: se 0.71, Welch df 2, t(0.975, 2) = 4.303
-    assert rows[1]["gain_ci95"] == pytest.approx((20 - 3.0426, 20 + 3.0426), abs=1e-3)
+    assert rows[1]["gain_vs_baseline"] == pytest.approx(0.20)  # fractions, like the manifest
+    # 2 seeds each, spread 0.0071: se 0.0071, Welch df 2, t(0.975, 2) = 4.303
+    assert rows[1]["gain_ci95"] == pytest.approx((0.20 - 0.030426, 0.20 + 0.030426), abs=1e-5)
     assert rows[-1]["gain_ci95"] is None  # the baseline itself
     written = {
         p.relative_to(tmp_path / "compare").as_posix() for p in write_compare_report(manifest)
