@@ -7,7 +7,7 @@ cifar stem, batch 128, kd T=4 alpha=0.5), on a fixed Fashion-MNIST subset of ``-
 batches of 128 (the teacher's batches of 64 make twice the steps), with the pipeline's
 thread count (default: every core). Each round times, in turn:
 
-- compress: the function the stage calls (``train_teacher`` / ``distill_student``: the real
+- compress: the function the stage calls (``train_teacher`` / ``distill_in_stage``: the real
   ``fit`` with its progress bar, running metrics, LR schedule, finite-loss check, TensorBoard
   and end-of-epoch checkpoint), wall clock from call to return;
 - bare: a hand-written loop over the same pre-normalised tensors (teacher forward under
@@ -39,12 +39,11 @@ from torch import nn
 
 from compress.config.load import load_pipeline
 from compress.data.module import get_data
-from compress.distill.train import distill_student
 from compress.io import sha256_file
 from compress.models import build_model, save_model
 from compress.runner import configure_torch
 from compress.stages.base import StageContext, StageInput, load_stages
-from compress.stages.common import model_spec
+from compress.stages.common import distill_in_stage, model_spec
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -66,7 +65,8 @@ def context(pipeline, run_dir: Path, stage: str, inputs: dict, tag: str) -> Stag
     """A fresh stage folder and fingerprint per call, so nothing resumes from an earlier round."""
     stage_dir = run_dir / f"{stage}-{tag}"
     stage_dir.mkdir(parents=True, exist_ok=True)
-    return StageContext(stage, pipeline, run_dir, stage_dir, inputs, tag, torch.device("cpu"), {})
+    return StageContext(stage, run_dir, stage_dir, inputs, tag, torch.device("cpu"),
+                        data_config=pipeline.data, seed=pipeline.seed)  # fmt: skip
 
 
 def bare_loop(
@@ -149,7 +149,7 @@ def main() -> None:
         s_spec = model_spec(d_cfg.student, data)
         # fill the run's logits cache once, as the first epoch (or an earlier stage) would
         warm = context(pipeline, run_dir, "distill", inputs, "warm")
-        distill_student(build_model(s_spec), cached_cfg, cached_cfg, warm, "warm-up")
+        distill_in_stage(build_model(s_spec), cached_cfg, cached_cfg, warm, "warm-up")
         cached = next((run_dir / "cache").glob("teacher_logits-*.pt"))
         logits = torch.load(cached, weights_only=True)["logits"]
 
@@ -174,7 +174,7 @@ def main() -> None:
                     x_all, y_all, t_batch, t_cfg, ce),
             },
             "distill, live teacher": {
-                "compress": lambda tag: distill_student(
+                "compress": lambda tag: distill_in_stage(
                     build_model(s_spec), live_cfg, live_cfg,
                     context(pipeline, run_dir, "distill", inputs, tag), "distill"),
                 "bare": lambda tag: bare_loop(
@@ -182,7 +182,7 @@ def main() -> None:
                     x_all, y_all, d_batch, d_cfg, live_kd),
             },
             "distill, cached logits": {
-                "compress": lambda tag: distill_student(
+                "compress": lambda tag: distill_in_stage(
                     build_model(s_spec), cached_cfg, cached_cfg,
                     context(pipeline, run_dir, "distill", inputs, tag), "distill"),
                 "bare": lambda tag: bare_loop(
