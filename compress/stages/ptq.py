@@ -6,7 +6,7 @@ from typing import Literal
 
 from compress.quant.config import QuantSettings
 from compress.stages.base import STAGES, StageConfig, StageContext, StageResult, StageSpec
-from compress.stages.quantized import finish_quantized, quantize_input
+from compress.stages.quantized import check_traceable, finish_quantized, quantize_input
 
 
 class PtqConfig(QuantSettings, StageConfig):
@@ -25,6 +25,7 @@ STAGES.register("ptq")(
         produces="student",
         consumes=lambda cfg: {"student": True},
         distributed=True,  # every process under torchrun: evaluation is sharded across them
+        check=check_traceable,
         summary="post-training INT8 quantization: fold BatchNorm, calibrate activation ranges",
     )
 )

@@ -17,7 +17,7 @@ from compress.distill.config import DistillSettings
 from compress.quant.config import QuantSettings
 from compress.stages.base import STAGES, StageConfig, StageContext, StageResult, StageSpec
 from compress.stages.common import distill_in_stage
-from compress.stages.quantized import finish_quantized, quantize_input
+from compress.stages.quantized import check_traceable, finish_quantized, quantize_input
 
 
 class QatConfig(QuantSettings, DistillSettings, TrainConfig, StageConfig):
@@ -57,6 +57,7 @@ STAGES.register("qat")(
         produces="student",
         consumes=lambda cfg: {"student": True, "teacher": cfg.uses_teacher()},
         distributed=True,  # every process under torchrun: evaluation is sharded across them
+        check=check_traceable,
         summary="quantization-aware INT8 fine-tuning with distillation from the teacher",
     )
 )

@@ -7,11 +7,15 @@ from typing import Any
 
 from torch import nn
 
+from compress.config.base import ModelConfig
+from compress.config.pipeline import find_producer
 from compress.errors import CompressError
-from compress.models import ModelSpec, load_model
+from compress.models import ModelSpec, build_model, load_model
+from compress.models.registry import resolve_stem
 from compress.quant.config import QuantSettings
 from compress.quant.prepare import calibrate, quantize_model
-from compress.stages.base import StageContext, StageInput, StageResult
+from compress.registry import DATASETS
+from compress.stages.base import STAGES, StageContext, StageInput, StageResult
 from compress.stages.common import finish_model
 from compress.train.evaluate import evaluate
 from compress.ui import console
@@ -67,3 +71,54 @@ def finish_quantized(
     result.metrics["top1_change"] = result.metrics["top1"] - metrics["float_top1"]
     result.artifacts["float_model"] = ctx.input("student").path()
     return result
+
+
+def check_traceable(name: str, cfg: QuantSettings, pipeline: Any) -> str | None:
+    """Whether the float model this stage will quantize traces with torch.fx, found at
+    validation so that an untraceable model stops the run before any stage writes a file.
+
+    The model is built untrained from the config of the stage that defines it (following
+    ``input:`` back through prune or other stages that pass a student on); the class count
+    does not change what traces, so a placeholder of 10 is used."""
+    found = _defining_model(name, cfg, pipeline)
+    if found is None:
+        return None
+    model_cfg, data_cfg = found
+    info = DATASETS.get(data_cfg.dataset)
+    spec = ModelSpec(
+        arch=model_cfg.arch,
+        num_classes=10,
+        in_channels=data_cfg.channels or info.channels,
+        width_mult=model_cfg.width_mult,
+        stem=resolve_stem(model_cfg.stem, data_cfg.image_size or info.image_size),
+        kwargs=dict(model_cfg.kwargs),
+    )
+    try:
+        quantize_model(build_model(spec), cfg.quant_spec())
+    except CompressError as exc:
+        return f"{name}: {exc}"
+    except Exception:  # a model that does not build is the model source's error, found later
+        return None
+    return None
+
+
+def _defining_model(name: str, cfg: Any, pipeline: Any) -> tuple[ModelConfig, Any] | None:
+    """(model config, data config) of the stage whose architecture reaches stage ``name``."""
+    stages = pipeline.stage_items()
+    names = [n for n, _ in stages]
+    current, current_cfg = name, cfg
+    while True:
+        earlier = stages[: names.index(current)]
+        producer = find_producer(earlier, "student", getattr(current_cfg, "input", None))
+        if producer is None:
+            return None
+        producer_cfg = dict(stages)[producer]
+        if getattr(producer_cfg, "checkpoint", None) is not None:  # the file names its model
+            return None
+        for field in ("student", "model"):
+            model_cfg = getattr(producer_cfg, field, None)
+            if isinstance(model_cfg, ModelConfig):
+                return model_cfg, producer_cfg.data or pipeline.data
+        if STAGES.get(producer_cfg.type).produces not in ("student", "teacher"):
+            return None
+        current, current_cfg = producer, producer_cfg

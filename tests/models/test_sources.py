@@ -243,6 +243,17 @@ def test_untraceable_model_in_ptq_is_one_line(factory_file):
     assert "cannot trace Branchy" in str(info.value) and "\n" not in str(info.value)
 
 
+def test_untraceable_ptq_input_stops_the_run_before_any_stage(factory_file, tmp_path):
+    """Found at validation: the teacher stage, which would train, writes nothing either."""
+    pipeline = {"name": "spec", "data": {"dataset": "fashion-mnist", "image_size": 16},
+                "teacher": {"model": {"arch": f"python:{factory_file}:Branchy"}, "epochs": 1},
+                "ptq": {"input": "teacher"}}  # fmt: skip
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    result = run_cli("run", str(path), "--run-dir", str(tmp_path / "run"))
+    _one_line_exit_2(result, tmp_path, "ptq: cannot trace Branchy for quantization")
+
+
 @pytest.mark.e2e
 @requires_fashion
 def test_user_factory_pipeline_through_ptq_export_bench(factory_file, tmp_path):
