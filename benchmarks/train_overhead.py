@@ -2,10 +2,10 @@
 
     PYTHONPATH=. .venv/bin/python benchmarks/train_overhead.py [--steps 30] [--rounds 3]
 
-The quickstart's teacher (ResNet-34, compact stem, batch 64, CE) and distill stage (MobileNetV2,
-cifar stem, batch 128, kd T=4 alpha=0.5), on a fixed Fashion-MNIST subset of ``--steps``
-batches of 128 (the teacher's batches of 64 make twice the steps), with the pipeline's
-thread count (default: every core). Each round times, in turn:
+The quickstart's teacher (ResNet-34, compact stem, batch 256, CE) and distill stage
+(MobileNetV2, cifar stem, batch 128, kd T=4 alpha=0.5), batch sizes read from the pipeline, on
+a fixed Fashion-MNIST subset of ``--steps`` batches of the larger batch size (the other stage
+makes proportionally more steps), with the pipeline's thread count (default: every core). Each round times, in turn:
 
 - compress: the function the stage calls (``train_teacher`` / ``distill_in_stage``: the real
   ``fit`` with its progress bar, running metrics, LR schedule, finite-loss check, TensorBoard
@@ -44,6 +44,7 @@ from compress.models import build_model, save_model
 from compress.runner import configure_torch
 from compress.stages.base import StageContext, StageInput, load_stages
 from compress.stages.common import distill_in_stage, model_spec
+from compress.train.optim import lr_factor
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -77,12 +78,16 @@ def bare_loop(
     cfg,
     loss_of: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
 ) -> None:
-    """The minimal loop: slice a batch, forward, loss, backward, SGD step."""
+    """The minimal loop: slice a batch, set the stage's learning rate for the step (the same
+    schedule, so both train the same network), forward, loss, backward, SGD step."""
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                           nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)  # fmt: skip
     order = torch.randperm(len(x_all))
-    for b in range(len(x_all) // batch):
+    steps = len(x_all) // batch
+    for b in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * lr_factor(b, cfg, steps)
         rows = order[b * batch : (b + 1) * batch]
         x, y = x_all[rows].contiguous(memory_format=torch.channels_last), y_all[rows]
         loss = loss_of(model(x), y, rows)
