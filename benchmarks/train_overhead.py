@@ -5,7 +5,8 @@
 The quickstart's teacher (ResNet-34, compact stem, batch 256, CE) and distill stage
 (MobileNetV2, cifar stem, batch 128, kd T=4 alpha=0.5), batch sizes read from the pipeline, on
 a fixed Fashion-MNIST subset of ``--steps`` batches of the larger batch size (the other stage
-makes proportionally more steps), with the pipeline's thread count (default: every core). Each round times, in turn:
+makes proportionally more steps), with the pipeline's thread count (default: every core).
+Each round times, in turn:
 
 - compress: the function the stage calls (``train_teacher`` / ``distill_in_stage``: the real
   ``fit`` with its progress bar, running metrics, LR schedule, finite-loss check, TensorBoard

@@ -275,15 +275,15 @@ def _write_labels_report(manifest: Manifest, counts: list[int | str]) -> list[Pa
     curve = [r for r in rows if r["labels_per_class"] != "all"]
     for method in dict.fromkeys(r["method"] for r in curve):
         points = sorted((r["labels_per_class"], r) for r in curve if r["method"] == method)
-        ax.errorbar([x for x, _ in points], [r["top1_mean"] for _, r in points],
-                    yerr=[r["top1_std"] for _, r in points], marker="o", capsize=3,
+        ax.errorbar([x for x, _ in points], _pct([r for _, r in points], "top1_mean"),
+                    yerr=_pct([r for _, r in points], "top1_std"), marker="o", capsize=3,
                     label=method)  # fmt: skip
     _, teacher = _teacher_stage(manifest, None) or (None, None)
     if teacher and teacher.get("status") == "done":
         ax.axhline(100 * teacher["metrics"]["top1"], color="#444", ls="--", label="teacher")
     full = [r for r in rows if r["labels_per_class"] == "all" and r["method"] == "baseline"]
     if full:
-        ax.axhline(full[0]["top1_mean"], color="#888", ls=":", label="baseline, all labels")
+        ax.axhline(100 * full[0]["top1_mean"], color="#888", ls=":", label="baseline, all labels")
     ax.set_xscale("log")
     ax.set_xlabel("labelled training images per class")
     ax.set_ylabel("test top-1 (%)")

@@ -111,7 +111,7 @@ def test_welch_interval_matches_a_hand_computed_value():
     assert welch_interval([85.0], [80.0, 81.0]) is None
 
 
-def test_labels_report_tables_and_curve(tmp_path: Path):
+def test_labels_report_tables_and_curve(tmp_path: Path, monkeypatch):
     config = parse_pipeline(few_label_grid(unlabeled=[False, True])).model_dump(mode="json")
     stages = {"teacher": {"type": "teacher", "status": "done",
                           "metrics": {"top1": 0.9, "params": 1}}}  # fmt: skip
@@ -130,10 +130,28 @@ def test_labels_report_tables_and_curve(tmp_path: Path):
     # 2 seeds each, spread 0.0071: se 0.0071, Welch df 2, t(0.975, 2) = 4.303
     assert rows[1]["gain_ci95"] == pytest.approx((0.20 - 0.030426, 0.20 + 0.030426), abs=1e-5)
     assert rows[-1]["gain_ci95"] is None  # the baseline itself
+    import compress.compare.report as report
+
+    plotted = {}
+    save = report._save
+
+    def keep_labels_plot(fig, path):
+        if path.name == "labels.png":
+            ax = fig.axes[0]
+            plotted.update({line.get_label(): list(line.get_ydata()) for line in ax.get_lines()})
+            plotted.update({bars.get_label(): list(bars.lines[0].get_ydata())
+                            for bars in ax.containers})  # fmt: skip
+        return save(fig, path)
+
+    monkeypatch.setattr(report, "_save", keep_labels_plot)
     written = {
         p.relative_to(tmp_path / "compare").as_posix() for p in write_compare_report(manifest)
     }
     assert {"labels5/methods.md", "labels-all/methods.md", "labels.csv", "labels.png"} <= written
+    # the curve and the reference lines on one percent axis (top-1 is a fraction in the rows)
+    assert plotted["teacher"] == pytest.approx([90.0, 90.0])
+    assert plotted["baseline, all labels"] == pytest.approx([88.5, 88.5])
+    assert plotted["kd+unlabeled"] == pytest.approx([80.5])  # mean of 0.80 and 0.81
     with open(tmp_path / "compare" / "labels.csv") as f:
         table = [(r["labels_per_class"], r["method"]) for r in csv.DictReader(f)]
     assert ("5", "kd+unlabeled") in table and ("all", "baseline") in table
