@@ -22,12 +22,17 @@ from compress.train.loop import FitResult
 
 
 def model_spec(cfg: ModelConfig, data: DataModule) -> ModelSpec:
+    return spec_for(cfg, data.num_classes, data.preprocess.channels, data.preprocess.size)
+
+
+def spec_for(cfg: ModelConfig, num_classes: int, channels: int, image_size: int) -> ModelSpec:
+    """The spec of ``cfg`` for data of this shape (known before the data is loaded)."""
     return ModelSpec(
         arch=cfg.arch,
-        num_classes=data.num_classes,
-        in_channels=data.preprocess.channels,
+        num_classes=num_classes,
+        in_channels=channels,
         width_mult=cfg.width_mult,
-        stem=resolve_stem(cfg.stem, data.preprocess.size),
+        stem=resolve_stem(cfg.stem, image_size),
         kwargs=dict(cfg.kwargs),
     )
 

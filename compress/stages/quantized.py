@@ -11,12 +11,11 @@ from compress.config.base import ModelConfig
 from compress.config.pipeline import find_producer
 from compress.errors import CompressError
 from compress.models import ModelSpec, build_model, load_model
-from compress.models.registry import resolve_stem
 from compress.quant.config import QuantSettings
 from compress.quant.prepare import calibrate, quantize_model
 from compress.registry import DATASETS
-from compress.stages.base import STAGES, StageContext, StageInput, StageResult
-from compress.stages.common import finish_model
+from compress.stages.base import StageContext, StageInput, StageResult
+from compress.stages.common import finish_model, spec_for
 from compress.train.evaluate import evaluate
 from compress.ui import console
 
@@ -85,14 +84,8 @@ def check_traceable(name: str, cfg: QuantSettings, pipeline: Any) -> str | None:
         return None
     model_cfg, data_cfg = found
     info = DATASETS.get(data_cfg.dataset)
-    spec = ModelSpec(
-        arch=model_cfg.arch,
-        num_classes=10,
-        in_channels=data_cfg.channels or info.channels,
-        width_mult=model_cfg.width_mult,
-        stem=resolve_stem(model_cfg.stem, data_cfg.image_size or info.image_size),
-        kwargs=dict(model_cfg.kwargs),
-    )
+    channels, size = data_cfg.channels or info.channels, data_cfg.image_size or info.image_size
+    spec = spec_for(model_cfg, 10, channels, size)
     try:
         quantize_model(build_model(spec), cfg.quant_spec())
     except CompressError as exc:
@@ -105,20 +98,19 @@ def check_traceable(name: str, cfg: QuantSettings, pipeline: Any) -> str | None:
 def _defining_model(name: str, cfg: Any, pipeline: Any) -> tuple[ModelConfig, Any] | None:
     """(model config, data config) of the stage whose architecture reaches stage ``name``."""
     stages = pipeline.stage_items()
-    names = [n for n, _ in stages]
+    configs = dict(stages)
+    names = list(configs)
     current, current_cfg = name, cfg
-    while True:
+    while True:  # back through stages that pass a model on (prune, ...) to one that defines it
         earlier = stages[: names.index(current)]
         producer = find_producer(earlier, "student", getattr(current_cfg, "input", None))
         if producer is None:
             return None
-        producer_cfg = dict(stages)[producer]
+        producer_cfg = configs[producer]
         if getattr(producer_cfg, "checkpoint", None) is not None:  # the file names its model
             return None
         for field in ("student", "model"):
             model_cfg = getattr(producer_cfg, field, None)
             if isinstance(model_cfg, ModelConfig):
                 return model_cfg, producer_cfg.data or pipeline.data
-        if STAGES.get(producer_cfg.type).produces not in ("student", "teacher"):
-            return None
         current, current_cfg = producer, producer_cfg
