@@ -77,4 +77,143 @@ def int8_graph_passes(quant: dict[str, Any] | None) -> tuple[Any, ...]:
     onnxruntime's QGemm; none for TensorRT (it takes float biases) or a float model."""
     if quant is None or quant.get("target") == "tensorrt":
         return ()
-    return (quantize_gemm_biases,)
+    return (quantize_gemm_biases, integer_hard_activations, global_average_pools)
+
+
+def integer_hard_activations(model: Any) -> int:
+    """Rewrite each DQ -> HardSwish|HardSigmoid -> Q island into ops onnxruntime runs on uint8;
+    returns how many were rewritten.
+
+    onnxruntime has no integer HardSigmoid, so MobileNetV3's 19 hardswish and 9 SE gates ran as
+    float between casts and ate what the integer convolutions saved. With ``hardsigmoid(x) =
+    alpha * clip(x + beta/alpha, 0, 1/alpha)`` the clip is a QuantizeLinear's saturation and the
+    factor ``alpha`` moves into the next scale, so the island becomes QLinearAdd (+ QLinearMul
+    for hardswish): ``c = Q(x + beta/alpha)`` on ``[0, 1/alpha]`` at zero point 0, then
+    hardsigmoid ``= Q(c)`` at scale ``s_y / alpha`` and hardswish ``= Q(x * c)`` at the same.
+    Hardswish adds one uint8 rounding of ``c`` (step <= 6/255, error <= |x|/510 per element).
+    """
+    graph = model.graph
+    initializers = {t.name: t for t in graph.initializer}
+    producers = {out: node for node in graph.node for out in node.output}
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    rewritten = 0
+    for node in list(graph.node):
+        if node.op_type not in ("HardSwish", "HardSigmoid"):
+            continue
+        dq, users = producers.get(node.input[0]), consumers.get(node.output[0], [])
+        if not _is_dq(dq) or len(users) != 1 or users[0].op_type != "QuantizeLinear":
+            continue
+        q = users[0]
+        x_scale, x_zero = _constant(initializers, dq.input[1]), _dq_zero(initializers, dq)
+        y_scale = _constant(initializers, q.input[1])
+        y_zero = _constant(initializers, q.input[2]) if len(q.input) > 2 else None
+        if x_scale is None or y_scale is None or x_scale.size != 1 or y_scale.size != 1:
+            continue
+        if x_zero is None or y_zero is None or y_zero.dtype != np.uint8:
+            continue
+        alpha, beta = (1 / 6, 0.5) if node.op_type == "HardSwish" else _hard_sigmoid_args(node)
+        if node.op_type == "HardSigmoid" and y_zero.reshape(()) != 0:
+            continue  # the saturation at 0 is the clip only at zero point 0
+        name = node.name or node.output[0]
+        shift = np.float32(beta / alpha)
+        x_max = float(x_scale.reshape(())) * (float(np.iinfo(x_zero.dtype).max) - float(x_zero))
+        c_max = float(np.clip(x_max + shift, 1e-6, 1 / alpha))
+        constants = {  # the shift as uint8 255 at scale shift/255: exact
+            "shift_q": np.array(255, np.uint8),
+            "shift_scale": np.array(shift / 255, np.float32),
+            "zero": np.array(0, np.uint8),
+            "y_scale": (y_scale / np.float32(alpha)).astype(np.float32),
+        }
+        if node.op_type == "HardSwish":
+            constants["c_scale"] = np.array(c_max / 255, np.float32)
+        graph.initializer.extend(
+            numpy_helper.from_array(v, f"{name}_{k}") for k, v in constants.items()
+        )
+
+        own = f"{name}_{{}}".format  # this island's tensor and node names
+        zero = own("zero")
+        shift_inputs = [own("shift_q"), own("shift_scale"), zero]
+        nodes = [_node("DequantizeLinear", shift_inputs, own("shift")),
+                 _node("Add", [node.input[0], own("shift")], own("c"))]  # fmt: skip
+        if node.op_type == "HardSwish":
+            nodes += [
+                _node("QuantizeLinear", [own("c"), own("c_scale"), zero], own("c_q")),
+                _node("DequantizeLinear", [own("c_q"), own("c_scale"), zero], own("c_dq")),
+                # its own DQ of x: each integer op reads DQ outputs of its own (QDQ node units)
+                _node("DequantizeLinear", list(dq.input), own("x"), **_attrs(dq)),
+                _node("Mul", [own("x"), own("c_dq")], own("xc")),
+            ]
+        q.input[0] = own("xc" if node.op_type == "HardSwish" else "c")
+        q.input[1] = own("y_scale")
+        position = list(graph.node).index(node)
+        graph.node.remove(node)
+        for offset, new_node in enumerate(nodes):
+            graph.node.insert(position + offset, new_node)
+        rewritten += 1
+    return rewritten
+
+
+def global_average_pools(model: Any) -> int:
+    """ReduceMean over H and W with keepdims -> GlobalAveragePool (same values), which
+    onnxruntime fuses with its DQ/Q into an integer QLinearGlobalAveragePool; ReduceMean has no
+    integer kernel. Returns how many were rewritten."""
+    graph = model.graph
+    initializers = {t.name: t for t in graph.initializer}
+    producers = {out: node for node in graph.node for out in node.output}
+    rewritten = 0
+    for node in graph.node:
+        if node.op_type != "ReduceMean" or not _is_dq(producers.get(node.input[0])):
+            continue
+        attrs = {a.name: a.i for a in node.attribute}
+        axes = _constant(initializers, node.input[1]) if len(node.input) > 1 else None
+        if (
+            attrs.get("keepdims", 1) != 1
+            or axes is None
+            or sorted(axes.tolist())
+            not in (
+                [2, 3],
+                [-2, -1],
+            )
+        ):
+            continue
+        if not _rank_is_4(graph, node.input[0], producers):
+            continue
+        node.op_type = "GlobalAveragePool"
+        axes_name = node.input[1]
+        del node.input[1:]
+        if not any(axes_name in n.input for n in graph.node):
+            graph.initializer.remove(initializers[axes_name])
+        del node.attribute[:]
+        rewritten += 1
+    return rewritten
+
+
+def _rank_is_4(graph: Any, name: str, producers: dict[str, Any]) -> bool:
+    """Whether tensor ``name`` is NCHW: follows DQs back to a value with known shape."""
+    shapes = {v.name: len(v.type.tensor_type.shape.dim) for v in
+              list(graph.value_info) + list(graph.input) + list(graph.output)}  # fmt: skip
+    while name not in shapes and _is_dq(producers.get(name)):
+        name = producers[name].input[0]
+    return shapes.get(name) == 4
+
+
+def _dq_zero(initializers: dict[str, Any], dq: Any) -> np.ndarray | None:
+    if len(dq.input) > 2:
+        return _constant(initializers, dq.input[2])
+    return np.array(0, np.uint8)
+
+
+def _hard_sigmoid_args(node: Any) -> tuple[float, float]:
+    attrs = {a.name: a.f for a in node.attribute}
+    return attrs.get("alpha", 0.2), attrs.get("beta", 0.5)
+
+
+def _node(op: str, inputs: list[str], output: str, **attrs: Any) -> Any:
+    return helper.make_node(op, inputs, [output], output, **attrs)
+
+
+def _attrs(node: Any) -> dict[str, Any]:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}

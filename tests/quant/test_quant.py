@@ -95,6 +95,10 @@ def test_weights_are_per_channel_symmetric_and_7_bit_with_reduce_range():
 
 def test_exported_int8_onnx_agrees_with_the_fake_quantized_model(int8_case):
     _, _, quantized, path = int8_case
+    assert_agrees(quantized, path)
+
+
+def assert_agrees(quantized: nn.Module, path: Path) -> None:
     x = torch.randn(64, *SHAPE)
     with torch.no_grad():
         reference = quantized(x).numpy()
@@ -104,7 +108,7 @@ def test_exported_int8_onnx_agrees_with_the_fake_quantized_model(int8_case):
     # steps compound with depth, but stay small next to the logits' range
     span = reference.max() - reference.min()
     diff = np.abs(out - reference)
-    assert diff.mean() < 0.02 * span and diff.max() < 0.1 * span
+    assert diff.mean() < 0.02 * span and diff.max() < 0.1 * span, diff.mean() / span
     assert (out.argmax(1) == reference.argmax(1)).mean() >= 0.9
 
 
@@ -119,7 +123,8 @@ def test_onnxruntime_runs_integer_kernels_for_every_conv_and_add(int8_case):
         assert ops.get("QGemm") == 1, ops
         used = {name for node in onnx.load(str(path)).graph.node for name in node.input}
         assert {t.name for t in onnx.load(str(path)).graph.initializer} <= used  # no float bias
-        assert integer_summary(ops) == {"integer_ops": convs + ops["QLinearAdd"] + 1,
+        assert ops.get("QLinearGlobalAveragePool") == 1, ops  # its pooling too
+        assert integer_summary(ops) == {"integer_ops": convs + ops["QLinearAdd"] + 2,
                                         "float_compute_ops": 0}  # fmt: skip
 
 
@@ -170,3 +175,20 @@ def test_untraceable_models_get_a_clear_error():
 
     with pytest.raises(CompressError, match="cannot trace Branchy"):
         quantize_model(Branchy(), QuantSpec())
+
+
+def test_mobilenet_v3_hardswish_se_and_pooling_run_integer(tmp_path):
+    """The hardswish / SE-gate / ReduceMean islands that stayed float (MobileNetV3) become
+    QLinearAdd/QLinearMul/QLinearGlobalAveragePool, and the file still agrees with the
+    fake-quantized model."""
+    model = trained_bn(ModelSpec("torchvision:mobilenet_v3_small", 10, 1, stem="cifar"))
+    quantized = quantize_model(model, QuantSpec())
+    torch.manual_seed(1)
+    calibrate(quantized, (torch.randn(32, *SHAPE) for _ in range(4)), torch.device("cpu"))
+    path = exported(quantized, tmp_path / "mnv3.onnx")
+    graph = onnx.load(str(path)).graph
+    assert not {"HardSwish", "HardSigmoid", "ReduceMean"} & {n.op_type for n in graph.node}
+    ops = runtime_ops(path)
+    assert not {"HardSigmoid", "Mul", "ReduceMean", "Conv", "Add"} & set(ops), ops
+    assert ops["QLinearMul"] >= 19 + 9 and ops["QLinearGlobalAveragePool"] == 10, ops
+    assert_agrees(quantized, path)
