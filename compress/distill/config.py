@@ -24,7 +24,8 @@ class DistillSettings(StrictModel):
         description="a method name (kd), {name: kd, temperature: 4}, or {name: mix, parts: [...]}",
     )
     cache_teacher: bool = Field(
-        True, description="reuse teacher logits across epochs when augment is none"
+        True,
+        description="reuse teacher logits and tapped features across epochs when augment is none",
     )
 
     @field_validator("method", mode="before")

@@ -1,10 +1,11 @@
 """Train a student with a distillation method: the step every distilling stage shares.
 
 Feature methods get their layers' outputs through forward hooks, with shapes probed once before
-training so projections can be built. When only logits are needed and the training inputs are
-fixed (``augment: none``), the teacher's logits for the training split are computed once per
-run and reused by every epoch and every stage distilling from the same teacher on the same data:
-identical numbers, and the teacher's forward pass (the dearest part on a CPU) is paid once.
+training so projections can be built. When the training inputs are fixed (``augment: none``),
+the teacher's logits for the training split, and the outputs of the teacher layers a feature
+method taps (when they fit in ``FEATURE_CACHE_BYTES``), are computed once per run and reused by
+every epoch and every stage distilling from the same teacher on the same data: the frozen
+teacher gives identical numbers, and its forward pass (the dearest part on a CPU) is paid once.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from compress.train.optim import total_steps
 from compress.ui import console
 
 TeacherLogits = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+TeacherFeatures = Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
+FEATURE_CACHE_BYTES = 4 << 30  # tapped teacher outputs above this are recomputed every step
 
 
 @dataclass(frozen=True)
@@ -87,11 +90,14 @@ def distill_student(
     # every process takes this many steps (each trains on its slice of a global batch)
     batch_size = train.batch_size or data.cfg.batch_size
     loss_fn.plan(total_steps(train, data.steps_per_epoch(batch_size, distributed.world_size())))
-    cache = teacher is not None and not teacher_layers
-    cache = cache and train.augment == "none" and settings.cache_teacher
+    cache = teacher is not None and train.augment == "none" and settings.cache_teacher
+    cache = cache and _features_fit(shapes.teacher, data)
     started = time.perf_counter()
-    teacher_logits_for = teacher_source(teachers, teacher_files, data, where, cached=cache)
+    teacher_logits_for, cached_features_for = teacher_source(
+        teachers, teacher_files, teacher_layers, data, where, cached=cache
+    )
     logits_seconds = time.perf_counter() - started
+    live_layers = [] if cache else teacher_layers  # cached: the teacher does not run at all
     unlabeled_batch = 0
     if data.unlabeled is not None:
         if teacher is None:
@@ -106,13 +112,14 @@ def distill_student(
 
     with (
         tapped(student, student_layers, "the student") as student_taps,
-        tapped(teacher or nn.Identity(), teacher_layers, "the teacher") as teacher_taps,
+        tapped(teacher or nn.Identity(), live_layers, "the teacher") as teacher_taps,
     ):
         # the taps hook the student itself, not its DDP wrapper ``net``: the same modules run
         def step_loss(net: nn.Module, loss: nn.Module, x: torch.Tensor, y: torch.Tensor, rows):
             logits = net(x)
             teacher_logits = teacher_logits_for(x, rows) if teacher_logits_for else None
-            features = Features(dict(student_taps.outputs), dict(teacher_taps.outputs), x)
+            taught = cached_features_for(x, rows) if cache else dict(teacher_taps.outputs)
+            features = Features(dict(student_taps.outputs), taught, x)
             return logits, loss(logits, teacher_logits, y, features)
 
         result = fit(
@@ -147,16 +154,18 @@ def load_teacher(path: Path, device: torch.device) -> nn.Module:
 def teacher_source(
     teachers: list[nn.Module],
     files: list[TeacherFile],
+    layers: list[str],
     data: DataModule,
     where: DistillRun,
     cached: bool,
-) -> TeacherLogits | None:
-    """(x, rows) -> teacher logits: a live forward pass, or rows of the cached logits.
+) -> tuple[TeacherLogits | None, TeacherFeatures]:
+    """(x, rows) -> teacher logits, and (x, rows) -> the first teacher's tapped ``layers``:
+    a live forward pass (whose hooks fill the taps), or rows of the cached outputs.
 
     With several teachers the logits are stacked: teachers x batch x classes.
     """
     if not teachers:
-        return None
+        return None, lambda x, rows: {}
     if not cached:
 
         def live(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -164,38 +173,87 @@ def teacher_source(
                 outputs = [teacher(x) for teacher in teachers]
             return outputs[0] if len(outputs) == 1 else torch.stack(outputs)
 
-        return live
-    stored = [_cached_logits(t, f, data, where) for t, f in zip(teachers, files, strict=True)]
-    logits = stored[0] if len(stored) == 1 else torch.stack(stored)
-    return lambda x, rows: logits[..., rows, :].to(x.device)
+        return live, lambda x, rows: {}
+    stored = [
+        _cached_outputs(t, f, layers if i == 0 else [], data, where)
+        for i, (t, f) in enumerate(zip(teachers, files, strict=True))
+    ]
+    logits = stored[0][0] if len(stored) == 1 else torch.stack([s[0] for s in stored])
+    features = stored[0][1]
+    return (
+        lambda x, rows: logits[..., rows, :].to(x.device),
+        lambda x, rows: {name: out[rows].to(x.device) for name, out in features.items()},
+    )
 
 
-def _cached_logits(
-    teacher: nn.Module, source: TeacherFile, data: DataModule, where: DistillRun
-) -> torch.Tensor:
-    """Teacher logits of the training split, then of ``data.unlabeled`` (rows len(train) + i),
-    shared by stages through the run's cache folder."""
+def _features_fit(shapes: dict[str, tuple[int, ...]], data: DataModule) -> bool:
+    """Whether the tapped teacher outputs of every training image fit the cache budget."""
+    if not shapes:
+        return True
+    images = len(data.train) + (len(data.unlabeled) if data.unlabeled is not None else 0)
+    size = images * sum(4 * torch.Size(shape).numel() for shape in shapes.values())
+    if size > FEATURE_CACHE_BYTES:
+        console.print(
+            f"  teacher features of {images:,} images need {size / 2**30:.1f} GiB: "
+            "not cached, the teacher runs every step"
+        )
+    return size <= FEATURE_CACHE_BYTES
+
+
+def _cached_outputs(
+    teacher: nn.Module, source: TeacherFile, layers: list[str], data: DataModule, where: DistillRun
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Teacher logits (and tapped ``layers``) of the training split, then of ``data.unlabeled``
+    (rows len(train) + i), shared by stages through the run's cache folder."""
     split_keys = {"dataset", "root", "image_size", "channels", "mean", "std", "train_subset",
                   "labels_per_class", "val_split", "unlabeled"}  # fmt: skip
     data_cfg = data.cfg.model_dump(mode="json", include=split_keys)
-    key = sha256_json({"teacher": source.sha256, "data": data_cfg, "seed": data.seed})
+    identity = {"teacher": source.sha256, "data": data_cfg, "seed": data.seed}
+    key = sha256_json({**identity, "layers": layers} if layers else identity)
     path = where.cache_dir / f"teacher_logits-{key[:16]}.pt"
     with distributed.main_first():  # rank 0 computes and saves, the others load its file
-        return _load_or_compute_logits(teacher, data, where.device, path, key)
+        return _load_or_compute(teacher, layers, data, where.device, path, key)
 
 
-def _load_or_compute_logits(
-    teacher: nn.Module, data: DataModule, device: torch.device, path: Path, key: str
-) -> torch.Tensor:
+def _load_or_compute(
+    teacher: nn.Module,
+    layers: list[str],
+    data: DataModule,
+    device: torch.device,
+    path: Path,
+    key: str,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     if path.exists():
         stored = load_torch(path)
         if stored.get("key") == key:
-            console.print(f"  reusing cached teacher logits ({path.name})")
-            return stored["logits"]
+            console.print(f"  reusing cached teacher outputs ({path.name})")
+            return stored["logits"], stored.get("features", {})
     splits = [data.train] + ([data.unlabeled] if data.unlabeled is not None else [])
     images = sum(len(split) for split in splits)
-    console.print(f"  computing teacher logits once for {images:,} training images")
-    logits = torch.cat([predict(teacher, data, split, device) for split in splits])
+    what = "logits and " + ", ".join(layers) if layers else "logits"
+    console.print(f"  computing teacher {what} once for {images:,} training images")
+    if layers:
+        passes = [_tapped_pass(teacher, layers, data, split, device) for split in splits]
+        logits = torch.cat([logits for logits, _ in passes])
+        features = {name: torch.cat([f[name] for _, f in passes]) for name in layers}
+    else:
+        logits = torch.cat([predict(teacher, data, split, device) for split in splits])
+        features = {}
     if distributed.is_main():
-        save_torch({"key": key, "logits": logits}, path)
-    return logits
+        save_torch({"key": key, "logits": logits, "features": features}, path)
+    return logits, features
+
+
+@torch.no_grad()
+def _tapped_pass(
+    teacher: nn.Module, layers: list[str], data: DataModule, split, device: torch.device
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Logits and the ``layers``' outputs of a split, in split order (the teacher is in eval)."""
+    logits, features = [], {name: [] for name in layers}
+    with tapped(teacher, layers, "the teacher") as taps:
+        for x, _, _ in data.eval_batches(split):
+            x = x.to(device).contiguous(memory_format=torch.channels_last)
+            logits.append(teacher(x).float().cpu())
+            for name in layers:
+                features[name].append(taps.outputs[name].float().cpu().contiguous())
+    return torch.cat(logits), {name: torch.cat(parts) for name, parts in features.items()}

@@ -1,0 +1,50 @@
+"""Cached teacher outputs: with fixed inputs a feature method reads the frozen teacher's tapped
+layers from the run's cache instead of running the teacher every step, and trains the same."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from compress.config.base import DataConfig, TrainConfig
+from compress.data.module import DataModule
+from compress.distill import load_methods
+from compress.distill.config import DistillSettings
+from compress.distill.train import DistillRun, TeacherFile, distill_student
+from compress.io import load_torch
+from compress.models import ModelSpec, build_model, save_model
+
+load_methods()
+SPEC = ModelSpec("mobilenet_v2", num_classes=10, in_channels=1, width_mult=0.25, stem="cifar")
+FITNETS = {"name": "fitnets", "pairs": [{"student": "features.3", "teacher": "features.5"}]}
+
+
+def distil(root: Path, run: Path, cache_teacher: bool) -> dict[str, torch.Tensor]:
+    cfg = DataConfig(root=root, download=False, image_size=12, batch_size=8,
+                     labels_per_class=2, unlabeled="rest")  # fmt: skip
+    data = DataModule(cfg, seed=0)
+    torch.manual_seed(1)
+    student = build_model(SPEC)
+    settings = DistillSettings(method=FITNETS, cache_teacher=cache_teacher)
+    where = DistillRun(torch.device("cpu"), run / "ckpt.pt", "fp", None, run / "cache")
+    teacher = TeacherFile(root / "teacher.pt", "sha-of-teacher")
+    train = TrainConfig(epochs=2, lr=0.01, augment="none")
+    distill_student(student, settings, train, data, [teacher], where, "fitnets", seed=0)
+    return student.state_dict()
+
+
+def test_fitnets_from_cached_teacher_features_trains_like_a_live_teacher(fake_fashion, tmp_path):
+    torch.manual_seed(0)
+    save_model(build_model(SPEC), SPEC, fake_fashion / "teacher.pt", {})
+    live = distil(fake_fashion, tmp_path / "live", cache_teacher=False)
+    cached = distil(fake_fashion, tmp_path / "cached", cache_teacher=True)
+    assert not (tmp_path / "live" / "cache").exists()
+    (cache_file,) = (tmp_path / "cached" / "cache").glob("teacher_logits-*.pt")
+    stored = load_torch(cache_file)
+    # 20 labelled rows (2 per class) then the 40 others as unlabeled rows
+    assert stored["logits"].shape == (60, 10)
+    assert stored["features"]["features.5"].shape[0] == 60
+    for name, value in live.items():
+        if value.is_floating_point():
+            torch.testing.assert_close(cached[name], value, atol=2e-5, rtol=1e-4, msg=name)
