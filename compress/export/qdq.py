@@ -61,6 +61,10 @@ def _is_dq(node: Any) -> bool:
     return node is not None and node.op_type == "DequantizeLinear"
 
 
+def _is_q_or_dq(node: Any) -> bool:
+    return node is not None and node.op_type in ("QuantizeLinear", "DequantizeLinear")
+
+
 def _constant(initializers: dict[str, Any], name: str) -> np.ndarray | None:
     return numpy_helper.to_array(initializers[name]) if name in initializers else None
 
@@ -192,10 +196,11 @@ def global_average_pools(model: Any) -> int:
 
 
 def _rank_is_4(graph: Any, name: str, producers: dict[str, Any]) -> bool:
-    """Whether tensor ``name`` is NCHW: follows DQs back to a value with known shape."""
+    """Whether tensor ``name`` is NCHW: follows Q and DQ nodes (they keep the shape) back to
+    a value with a known shape."""
     shapes = {v.name: len(v.type.tensor_type.shape.dim) for v in
               list(graph.value_info) + list(graph.input) + list(graph.output)}  # fmt: skip
-    while name not in shapes and _is_dq(producers.get(name)):
+    while name not in shapes and _is_q_or_dq(producers.get(name)):
         name = producers[name].input[0]
     return shapes.get(name) == 4
 

@@ -10,6 +10,9 @@ the configuration our own INT8 work found fast on CPU (README, "INT8"):
 - Biases become int32 at ``s_input * s_weight`` (the quantizer's default ``QuantizeBias``): the
   form onnxruntime needs to fuse a Gemm into ``QGemm`` (what compress/export/qdq.py adds to our
   own exports).
+- A global average pool written as ``ReduceMean`` over H and W (the dynamo exporter's form),
+  which the quantizer leaves float, becomes ``GlobalAveragePool`` between its DQ and Q, so
+  onnxruntime runs it as ``QLinearGlobalAveragePool``.
 - ``quant_pre_process`` first (symbolic shape inference, graph optimisation: BatchNorm folded
   into convs), falling back to the file as it is when it fails on an unusual graph.
 
@@ -34,6 +37,7 @@ from onnxruntime.quantization import CalibrationDataReader
 from compress.bench.standalone import describe_artifact
 from compress.errors import CompressError
 from compress.export.onnx import read_metadata
+from compress.export.qdq import global_average_pools
 from compress.io import atomic_path, sha256_file
 from compress.ortquant.images import (
     ImageSet,
@@ -249,6 +253,7 @@ def quantize_file(
                 ) from None
         proto = onnx.load(str(quantized))
         float_outputs = keep_outputs_float(proto)
+        pools = global_average_pools(proto)  # onnxruntime leaves ReduceMean float
         settings = {
             "target": "onnxruntime",
             "tool": f"onnxruntime.quantization.quantize_static (onnxruntime {ort.__version__})",
@@ -263,6 +268,7 @@ def quantize_file(
             "calibration_data": images.description,
             "pre_process": pre_process,
             "float_outputs": float_outputs,
+            "reduce_mean_to_global_average_pool": pools,
         }
         _write_metadata(proto, model_input.metadata, images, settings, request.source)
         onnx.checker.check_model(proto)

@@ -240,3 +240,46 @@ def test_reduce_range_choices():
     assert reduce_range_setting("on")[0] is True and reduce_range_setting("off")[0] is False
     auto, why = reduce_range_setting("auto")
     assert isinstance(auto, bool) and why.startswith("auto:")
+
+
+def test_a_reduce_mean_pool_the_quantizer_left_float_runs_integer(tmp_path: Path):
+    """The dynamo exporter's pool, ReduceMean over H and W, as onnxruntime's quantizer leaves it:
+    Q -> DQ -> ReduceMean -> Q -> DQ, the shape known only before the first Q."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from compress.export.kernels import runtime_ops
+    from compress.export.qdq import global_average_pools
+
+    def const(name: str, value) -> onnx.TensorProto:
+        return numpy_helper.from_array(np.asarray(value), name)
+
+    scale, zero = const("s", np.float32(0.05)), const("z", np.uint8(10))
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"]),
+        helper.make_node("QuantizeLinear", ["r", "s", "z"], ["rq"]),
+        helper.make_node("DequantizeLinear", ["rq", "s", "z"], ["rd"]),
+        helper.make_node("ReduceMean", ["rd", "axes"], ["m"], keepdims=1),
+        helper.make_node("QuantizeLinear", ["m", "s", "z"], ["mq"]),
+        helper.make_node("DequantizeLinear", ["mq", "s", "z"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "pool",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 5, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, 1, 1])],
+        [scale, zero, const("axes", np.array([2, 3], dtype=np.int64))],
+        value_info=[helper.make_tensor_value_info("r", TensorProto.FLOAT, ["n", 4, 5, 5])],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    before, after = tmp_path / "before.onnx", tmp_path / "after.onnx"
+    onnx.save_model(model, str(before))
+    assert global_average_pools(model) == 1
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save_model(model, str(after))
+    assert "ReduceMean" in runtime_ops(before)
+    ops = runtime_ops(after)
+    assert ops.get("QLinearGlobalAveragePool") == 1 and "ReduceMean" not in ops
+    import onnxruntime as ort
+
+    x = np.random.default_rng(0).normal(size=(3, 4, 5, 5)).astype(np.float32)
+    want, got = (ort.InferenceSession(str(p)).run(None, {"x": x})[0] for p in (before, after))
+    assert np.abs(want - got).max() <= 0.05 + 1e-6  # at most one step of the output's scale
