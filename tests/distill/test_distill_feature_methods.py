@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from compress.distill import METHODS, load_methods
@@ -111,6 +112,39 @@ def test_rkd_matches_hand_computation():
     s, t = es.numpy(), et.numpy()
     expected = 25 * huber(dist(s), dist(t)) + 50 * huber(angle(s), angle(t))
     assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_rkd_angle_in_float32_matches_the_explicit_form_and_survives_duplicates():
+    """The Gram form cancels large terms: on ReLU-like embeddings far from the origin its
+    values and loss gradients must match the explicit difference form computed in float64,
+    and a duplicated embedding (no direction) must give 0, not the explicit form's 1/eps."""
+    from compress.distill.methods.rkd import angle_potential
+
+    def explicit(x):
+        diff = F.normalize(x.unsqueeze(0) - x.unsqueeze(1), p=2, dim=2)
+        return torch.bmm(diff, diff.transpose(1, 2)).flatten()
+
+    generator = torch.Generator().manual_seed(0)
+    student = torch.rand(48, 640, generator=generator) * 0.5 + 3.0
+    teacher = torch.rand(48, 256, generator=generator)
+    fast_input = student.clone().requires_grad_(True)
+    reference_input = student.double().requires_grad_(True)
+    fast = angle_potential(fast_input)
+    reference = explicit(reference_input)
+    F.smooth_l1_loss(fast, angle_potential(teacher)).backward()
+    F.smooth_l1_loss(reference, explicit(teacher.double())).backward()
+
+    assert torch.allclose(fast.double(), reference, atol=2e-4)
+    gradient_error = (fast_input.grad.double() - reference_input.grad).norm()
+    assert gradient_error <= 1e-4 * reference_input.grad.norm()
+
+    student[7] = student[3]
+    duplicated = student.clone().requires_grad_(True)
+    angles = angle_potential(duplicated)
+    F.smooth_l1_loss(angles, angle_potential(teacher)).backward()
+    assert angles.view(48, 48, 48)[3, 7].abs().max() == 0  # e_7 - e_3 = 0: no direction
+    assert torch.isfinite(duplicated.grad).all()
+    assert duplicated.grad.abs().max() < 1.0
 
 
 def test_fitnets_with_identity_regressor_is_pooled_mse():
