@@ -4,10 +4,10 @@
         --before-set distill.student.stem=cifar [--pipeline pipelines/quickstart.yaml]
 
 Runs ``compress run`` from scratch twice in fresh run directories, first with the ``--before-set``
-overrides (the old config), then as the pipeline is shipped, and reports wall-clock and CPU
-seconds per stage (and inside training stages: training, evaluation, teacher logits), the
-whole-run ratio and both runs' accuracies against the quickstart's targets. A measurement, not a
-test. Writes benchmarks/results/quickstart/speedup.{json,md}.
+overrides (the old config), then as the pipeline is shipped, and reports wall-clock seconds per
+stage (and inside training stages: training, evaluation, teacher logits; the JSON also keeps each
+stage's CPU seconds), the whole-run ratio and both runs' accuracies against the quickstart's
+targets. A measurement, not a test. Writes benchmarks/results/quickstart/speedup.{json,md}.
 """
 
 from __future__ import annotations
