@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 from onnx import helper, numpy_helper
 
+from compress.export.channel_pad import pad_depthwise_channels
+
 INT32_MAX = 2**31 - 1
 
 
@@ -78,10 +80,12 @@ def _weight_axis_is_n(gemm: Any, dq_w: Any) -> bool:
 
 def int8_graph_passes(quant: dict[str, Any] | None) -> tuple[Any, ...]:
     """The passes an export of a model quantized with ``quant`` needs: int32 biases for
-    onnxruntime's QGemm; none for TensorRT (it takes float biases) or a float model."""
+    onnxruntime's QGemm, integer hard activations and pools, depthwise channels in whole
+    groups of 16; none for TensorRT (it takes float biases) or a float model."""
     if quant is None or quant.get("target") == "tensorrt":
         return ()
-    return (quantize_gemm_biases, integer_hard_activations, global_average_pools)
+    return (quantize_gemm_biases, integer_hard_activations, global_average_pools,
+            pad_depthwise_channels, channels_last_pooled_features)  # fmt: skip
 
 
 def integer_hard_activations(model: Any) -> int:
@@ -193,6 +197,44 @@ def global_average_pools(model: Any) -> int:
         del node.attribute[:]
         rewritten += 1
     return rewritten
+
+
+def channels_last_pooled_features(model: Any) -> int:
+    """Put a Transpose to NHWC between the classifier's global pool and the Reshape/Flatten
+    after it (a no-op on [N, C, 1, 1]); returns how many were inserted.
+
+    onnxruntime runs the integer network channels-last and transposes back to NCHW where a
+    layout-sensitive op such as Reshape needs it. Before the classifier it did so ahead of the
+    last pool, whose NCHW kernel on [32, 576, 2, 2] then took 0.10 ms against 0.01 ms
+    channels-last (MobileNetV3-Small, 2-core EPYC). With this Transpose in the file the two
+    cancel and the pool stays channels-last."""
+    graph = model.graph
+    producers = {out: node for node in graph.node for out in node.output}
+    inserted = 0
+    for node in list(graph.node):
+        if node.op_type not in ("Reshape", "Flatten") or not _is_dq(producers.get(node.input[0])):
+            continue
+        source = node.input[0]
+        while _is_q_or_dq(producers.get(source)):
+            source = producers[source].input[0]
+        pool = producers.get(source)
+        if pool is None or pool.op_type != "GlobalAveragePool" or not _flattens_to_2d(node, graph):
+            continue
+        name = f"{node.input[0]}_nhwc"
+        transpose = _node("Transpose", [node.input[0]], name, perm=[0, 2, 3, 1])
+        graph.node.insert(list(graph.node).index(node), transpose)
+        node.input[0] = name
+        inserted += 1
+    return inserted
+
+
+def _flattens_to_2d(node: Any, graph: Any) -> bool:
+    """A Flatten at axis 1, or a Reshape to [N, C] (first dim N, 0 or -1)."""
+    if node.op_type == "Flatten":
+        return next((a.i for a in node.attribute if a.name == "axis"), 1) == 1
+    initializers = {t.name: t for t in graph.initializer}
+    shape = _constant(initializers, node.input[1])
+    return shape is not None and shape.size == 2
 
 
 def _rank_is_4(graph: Any, name: str, producers: dict[str, Any]) -> bool:

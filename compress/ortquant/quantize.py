@@ -36,8 +36,9 @@ from onnxruntime.quantization import CalibrationDataReader
 
 from compress.bench.standalone import describe_artifact
 from compress.errors import CompressError
+from compress.export.channel_pad import pad_depthwise_channels
 from compress.export.onnx import read_metadata
-from compress.export.qdq import global_average_pools
+from compress.export.qdq import channels_last_pooled_features, global_average_pools
 from compress.io import atomic_path, sha256_file
 from compress.ortquant.images import (
     ImageSet,
@@ -254,6 +255,8 @@ def quantize_file(
         proto = onnx.load(str(quantized))
         float_outputs = keep_outputs_float(proto)
         pools = global_average_pools(proto)  # onnxruntime leaves ReduceMean float
+        padded = pad_depthwise_channels(proto)
+        channels_last_pooled_features(proto)
         settings = {
             "target": "onnxruntime",
             "tool": f"onnxruntime.quantization.quantize_static (onnxruntime {ort.__version__})",
@@ -269,6 +272,7 @@ def quantize_file(
             "pre_process": pre_process,
             "float_outputs": float_outputs,
             "reduce_mean_to_global_average_pool": pools,
+            "depthwise_channels_padded_to_16": padded,
         }
         _write_metadata(proto, model_input.metadata, images, settings, request.source)
         onnx.checker.check_model(proto)
