@@ -24,7 +24,7 @@ from torch.fx.experimental.optimization import fuse
 from torch.nn import functional as F
 from torchvision.ops import stochastic_depth  # identity in eval mode, where the model is traced
 
-from compress.errors import CompressError
+from compress.errors import CompressError, did_you_mean
 from compress.quant.fakequant import ActQuant, QConv2d, QLinear
 
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardtanh)
@@ -54,6 +54,7 @@ class QuantSpec:
 
     target: str = "onnxruntime"
     reduce_range: bool = True  # 7-bit weights: exact on CPUs without VNNI
+    float_layers: tuple[str, ...] = ()  # conv/linear module paths left in float
 
     @property
     def weight_qmax(self) -> int:
@@ -64,11 +65,14 @@ class QuantSpec:
         return self.target == "tensorrt"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "float_layers": list(self.float_layers)}  # as JSON keeps it
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QuantSpec:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+        fields = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        if "float_layers" in fields:  # a list once it went through JSON
+            fields["float_layers"] = tuple(fields["float_layers"])
+        return cls(**fields)
 
 
 def quantize_model(model: nn.Module, spec: QuantSpec) -> fx.GraphModule:
@@ -87,20 +91,39 @@ def quantize_model(model: nn.Module, spec: QuantSpec) -> fx.GraphModule:
         raise CompressError(
             f"BatchNorm layers {leftover[:3]} do not follow a conv and cannot be folded"
         )
-    _swap_weight_layers(graph_module, spec.weight_qmax)
-    _insert_activation_quantizers(graph_module, spec.symmetric_activations, type(model).__name__)
+    float_layers = _float_layers(graph_module, spec.float_layers)
+    _swap_weight_layers(graph_module, spec.weight_qmax, float_layers)
+    _insert_activation_quantizers(
+        graph_module, spec.symmetric_activations, type(model).__name__, float_layers
+    )
     return graph_module
 
 
-def _swap_weight_layers(gm: fx.GraphModule, qmax: int) -> None:
+def _float_layers(gm: fx.GraphModule, names: tuple[str, ...]) -> set[str]:
+    """The conv/linear layers to leave in float, each checked to exist."""
+    weight_layers = [n for n, m in gm.named_modules() if type(m) in (nn.Conv2d, nn.Linear)]
+    for name in names:
+        if name not in weight_layers:
+            raise CompressError(
+                f"float_layers: no conv or linear layer '{name}'{did_you_mean(name, weight_layers)}"
+                "; list them with `compress layers MODEL`"
+            )
+    return set(names)
+
+
+def _swap_weight_layers(gm: fx.GraphModule, qmax: int, float_layers: set[str]) -> None:
     for name, module in list(gm.named_modules()):
+        if name in float_layers:
+            continue
         if type(module) is nn.Conv2d:
             _set_module(gm, name, QConv2d.from_float(module, qmax))
         elif type(module) is nn.Linear:
             _set_module(gm, name, QLinear.from_float(module, qmax))
 
 
-def _insert_activation_quantizers(gm: fx.GraphModule, symmetric: bool, label: str) -> None:
+def _insert_activation_quantizers(
+    gm: fx.GraphModule, symmetric: bool, label: str, float_layers: set[str]
+) -> None:
     graph = gm.graph
     modules = dict(gm.named_modules())
     quantizer_of: dict[fx.Node, ActQuant] = {}
@@ -116,13 +139,18 @@ def _insert_activation_quantizers(gm: fx.GraphModule, symmetric: bool, label: st
         node.replace_all_uses_with(q_node, delete_user_cb=lambda user: user is not q_node)
         quantizer_of[q_node] = quantizer
 
+    def is_float_layer(node: fx.Node) -> bool:
+        return node.op == "call_module" and str(node.target) in float_layers
+
     def kind(node: fx.Node) -> str:
-        if node.op == "placeholder":
-            return "produce"
+        if node.op == "placeholder":  # a float first layer reads the float input as it is
+            return "float" if node.users and all(map(is_float_layer, node.users)) else "produce"
         if node.op == "call_module":
             module = modules[str(node.target)]
             if isinstance(module, (QConv2d, *ACTIVATIONS, *POOLS, *FLOAT_UNARY)):
                 return "produce"
+            if is_float_layer(node):  # its output is quantized for the integer layers after it
+                return "produce" if isinstance(module, nn.Conv2d) else "linear"
             if isinstance(module, QLinear):
                 return "linear"
             if isinstance(module, PASS_THROUGH):
@@ -143,13 +171,18 @@ def _insert_activation_quantizers(gm: fx.GraphModule, symmetric: bool, label: st
         return "other"
 
     def feeds_activation(node: fx.Node) -> bool:
+        """Whether the output is requantized anyway by the activation after it; a float
+        layer also keeps a float activation (hardswish ...) in float, fused into it."""
         users = list(node.users)
         if len(users) != 1:
             return False
         user = users[0]
+        kinds, functions = ACTIVATIONS, ACTIVATION_FUNCTIONS
+        if is_float_layer(node):
+            kinds, functions = (*ACTIVATIONS, *FLOAT_UNARY), functions | FLOAT_UNARY_FUNCTIONS
         if user.op == "call_module":
-            return isinstance(modules[str(user.target)], ACTIVATIONS)
-        return user.op == "call_function" and user.target in ACTIVATION_FUNCTIONS
+            return isinstance(modules[str(user.target)], kinds)
+        return user.op == "call_function" and user.target in functions
 
     for node in list(graph.nodes):
         role = kind(node)
