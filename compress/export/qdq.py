@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import onnx
 from onnx import helper, numpy_helper
 
 from compress.export.channel_pad import pad_depthwise_channels
@@ -81,11 +82,13 @@ def _weight_axis_is_n(gemm: Any, dq_w: Any) -> bool:
 def int8_graph_passes(quant: dict[str, Any] | None) -> tuple[Any, ...]:
     """The passes an export of a model quantized with ``quant`` needs: int32 biases for
     onnxruntime's QGemm, integer hard activations and pools, depthwise channels in whole
-    groups of 16; none for TensorRT (it takes float biases) or a float model."""
+    groups of 16, no multiplies with padding; none for TensorRT (it takes float biases) or a
+    float model."""
     if quant is None or quant.get("target") == "tensorrt":
         return ()
     return (quantize_gemm_biases, integer_hard_activations, global_average_pools,
-            pad_depthwise_channels, channels_last_pooled_features)  # fmt: skip
+            pad_depthwise_channels, channels_last_pooled_features,
+            centre_taps_on_1x1_inputs)  # fmt: skip
 
 
 def integer_hard_activations(model: Any) -> int:
@@ -235,6 +238,69 @@ def _flattens_to_2d(node: Any, graph: Any) -> bool:
     initializers = {t.name: t for t in graph.initializer}
     shape = _constant(initializers, node.input[1])
     return shape is not None and shape.size == 2
+
+
+def centre_taps_on_1x1_inputs(model: Any) -> int:
+    """A k x k conv on a 1 x 1 input (a ResNet's last stage at 28 px) reads one kernel tap;
+    every other tap lands on zero padding. Slice the weights to that tap and make the conv
+    1 x 1 (same numbers); returns how many were rewritten.
+
+    onnxruntime's float kernel skips padding taps by itself, its integer im2col multiplies
+    them: the three 3x3 convs of ResNet-18's last stage at 28 px, batch 32, took 3.5 ms as
+    QLinearConv against 0.83 ms in FP32 (2-core EPYC)."""
+    graph = model.graph
+    initializers = {t.name: t for t in graph.initializer}
+    producers = {out: node for node in graph.node for out in node.output}
+    spatial = _spatial_sizes(model)
+    rewritten = 0
+    for node in graph.node:
+        if node.op_type != "Conv" or spatial.get(node.input[0]) != (1, 1):
+            continue
+        dq = producers.get(node.input[1])
+        weight_name = dq.input[0] if _is_dq(dq) else node.input[1]
+        weight = _constant(initializers, weight_name)
+        attrs = _attrs(node)
+        if weight is None or weight.ndim != 4 or weight.shape[2:] == (1, 1):
+            continue
+        if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+            continue
+        if any(d != 1 for d in attrs.get("dilations", [1, 1])):
+            continue
+        top, left, bottom, right = attrs.get("pads", [0, 0, 0, 0])
+        (kh, kw), (sh, sw) = weight.shape[2:], attrs.get("strides", [1, 1])
+        if not (
+            top < kh and left < kw and 1 + top + bottom - kh < sh and 1 + left + right - kw < sw
+        ):
+            continue  # the output is not 1 x 1, or the centre is not a real tap
+        tap = np.ascontiguousarray(weight[:, :, top : top + 1, left : left + 1])
+        name = f"{weight_name}_tap"
+        graph.initializer.append(numpy_helper.from_array(tap, name))
+        holder = dq if _is_dq(dq) else node
+        holder.input[0 if holder is dq else 1] = name
+        for value in [v for v in graph.value_info if v.name == node.input[1]]:
+            graph.value_info.remove(value)  # the weight's old k x k shape
+        if not any(weight_name in n.input for n in graph.node):
+            graph.initializer.remove(initializers[weight_name])
+        for attr in list(node.attribute):
+            if attr.name in ("pads", "strides", "kernel_shape", "dilations"):
+                node.attribute.remove(attr)
+        node.attribute.append(helper.make_attribute("kernel_shape", [1, 1]))
+        rewritten += 1
+    return rewritten
+
+
+def _spatial_sizes(model: Any) -> dict[str, tuple[int, int]]:
+    """(H, W) of every rank-4 tensor whose spatial size shape inference knows."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # a model shape inference cannot handle: no rewrite, not an error
+        return {}
+    sizes = {}
+    for value in [*inferred.graph.value_info, *inferred.graph.input]:
+        dims = value.type.tensor_type.shape.dim
+        if len(dims) == 4 and all(d.HasField("dim_value") for d in dims[2:]):
+            sizes[value.name] = (dims[2].dim_value, dims[3].dim_value)
+    return sizes
 
 
 def _rank_is_4(graph: Any, name: str, producers: dict[str, Any]) -> bool:

@@ -38,7 +38,11 @@ from compress.bench.standalone import describe_artifact
 from compress.errors import CompressError
 from compress.export.channel_pad import pad_depthwise_channels
 from compress.export.onnx import read_metadata
-from compress.export.qdq import channels_last_pooled_features, global_average_pools
+from compress.export.qdq import (
+    centre_taps_on_1x1_inputs,
+    channels_last_pooled_features,
+    global_average_pools,
+)
 from compress.io import atomic_path, sha256_file
 from compress.ortquant.images import (
     ImageSet,
@@ -257,6 +261,7 @@ def quantize_file(
         pools = global_average_pools(proto)  # onnxruntime leaves ReduceMean float
         padded = pad_depthwise_channels(proto)
         channels_last_pooled_features(proto)
+        centre_taps = centre_taps_on_1x1_inputs(proto)
         settings = {
             "target": "onnxruntime",
             "tool": f"onnxruntime.quantization.quantize_static (onnxruntime {ort.__version__})",
@@ -273,6 +278,7 @@ def quantize_file(
             "float_outputs": float_outputs,
             "reduce_mean_to_global_average_pool": pools,
             "depthwise_channels_padded_to_16": padded,
+            "convs_on_1x1_inputs_reduced_to_their_centre_tap": centre_taps,
         }
         _write_metadata(proto, model_input.metadata, images, settings, request.source)
         onnx.checker.check_model(proto)

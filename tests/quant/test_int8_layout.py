@@ -153,3 +153,50 @@ def test_runtime_graph_of_the_fast_file_is_all_integer(mnv3):
     _, _, _, fast = mnv3
     ops = {n.op_type for n in optimized_graph(fast).node}
     assert not {"Conv", "Mul", "Add", "HardSigmoid", "ReduceMean"} & ops, ops
+
+
+def _conv_on(size: int, stride: int) -> onnx.ModelProto:
+    """x [2, 8, size, size] -> Q/DQ -> 3x3 conv, pad 1 (int8 per-channel weights, a bias)."""
+    rng = np.random.default_rng(2)
+    tensors = {
+        "s": np.array(0.05, np.float32), "z": np.array(128, np.uint8),
+        "w": rng.integers(-100, 100, (16, 8, 3, 3)).astype(np.int8),
+        "ws": rng.uniform(0.005, 0.02, 16).astype(np.float32), "wz": np.zeros(16, np.int8),
+        "b": rng.standard_normal(16).astype(np.float32),
+    }  # fmt: skip
+    n = helper.make_node
+    nodes = [
+        n("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+        n("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+        n("DequantizeLinear", ["w", "ws", "wz"], ["wd"], axis=0),
+        n("Conv", ["xd", "wd", "b"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+          strides=[stride, stride]),
+    ]  # fmt: skip
+    out = (size + 2 - 3) // stride + 1
+    graph = helper.make_graph(
+        nodes, "conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8, size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 16, out, out])],
+        [numpy_helper.from_array(v, k) for k, v in tensors.items()],
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_a_conv_on_a_1x1_input_keeps_only_its_centre_tap(tmp_path, stride):
+    model = _conv_on(1, stride)
+    before = tmp_path / "before.onnx"
+    onnx.save(model, before)
+    assert qdq.centre_taps_on_1x1_inputs(model) == 1
+    conv = next(node for node in model.graph.node if node.op_type == "Conv")
+    attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
+    assert attrs == {"kernel_shape": [1, 1]}
+    after = tmp_path / "after.onnx"
+    onnx.save(model, after)
+    x = np.random.default_rng(3).standard_normal((2, 8, 1, 1)).astype(np.float32)
+    np.testing.assert_array_equal(run(after, x), run(before, x))
+
+
+def test_a_conv_on_a_larger_input_is_left_alone():
+    model = _conv_on(2, 1)  # every output reads a different set of real taps
+    assert qdq.centre_taps_on_1x1_inputs(model) == 0

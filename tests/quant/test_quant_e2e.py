@@ -35,7 +35,7 @@ def test_int8_pipeline_ships_int8_beside_fp32_and_measures_both(tmp_path: Path, 
     stages = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]
 
     ptq, qat = stages["ptq"]["metrics"], stages["qat"]["metrics"]
-    assert ptq["quant"] == {"target": "onnxruntime", "reduce_range": True}
+    assert ptq["quant"] == {"target": "onnxruntime", "reduce_range": True, "float_layers": []}
     assert ptq["calibration_images"] == qat["calibration_images"] == 64
     assert qat["float_top1"] == stages["distill"]["metrics"]["top1"]
     assert qat["qat_gain_over_ptq"] == pytest.approx(qat["top1"] - qat["ptq_top1"])
