@@ -86,14 +86,14 @@ def pad_depthwise_channels(model: Any, multiple: int = CHANNEL_MULTIPLE) -> int:
     widened = 0
     for node in list(graph.graph.node):
         shape = graph.weight_shape(node) if node.op_type == "Conv" else None
-        if shape is None or not _is_depthwise(node, shape) or node.output[0] in seen:
+        if shape is None or not _is_depthwise(node, shape) or shape[0] % multiple == 0:
+            continue
+        if node.output[0] in seen:  # already walked from another depthwise conv of its stretch
             continue
         region = _region(graph, node, shape[0])
         if region is None:
             continue
         seen |= region.tensors
-        if region.channels % multiple == 0:
-            continue
         _widen(graph, region, -region.channels % multiple)
         widened += 1
     if widened:
@@ -101,9 +101,12 @@ def pad_depthwise_channels(model: Any, multiple: int = CHANNEL_MULTIPLE) -> int:
     return widened
 
 
+def _group(conv: Any) -> int:
+    return next((a.i for a in conv.attribute if a.name == "group"), 1)
+
+
 def _is_depthwise(conv: Any, weight_shape: tuple[int, ...]) -> bool:
-    group = next((a.i for a in conv.attribute if a.name == "group"), 1)
-    return len(weight_shape) == 4 and group == weight_shape[0] > 1 and weight_shape[1] == 1
+    return len(weight_shape) == 4 and _group(conv) == weight_shape[0] > 1 and weight_shape[1] == 1
 
 
 def _region(graph: _Graph, start: Any, channels: int) -> _Region | None:
@@ -119,9 +122,8 @@ def _region(graph: _Graph, start: Any, channels: int) -> _Region | None:
             return None
         if _is_depthwise(conv, shape):
             return "depthwise" if shape[0] == channels else None
-        group = next((a.i for a in conv.attribute if a.name == "group"), 1)
         width = shape[1] if as_input else shape[0]
-        if group != 1 or width != channels:
+        if _group(conv) != 1 or width != channels:
             return None
         return "consumer" if as_input else "producer"
 

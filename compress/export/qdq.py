@@ -275,8 +275,10 @@ def centre_taps_on_1x1_inputs(model: Any) -> int:
         tap = np.ascontiguousarray(weight[:, :, top : top + 1, left : left + 1])
         name = f"{weight_name}_tap"
         graph.initializer.append(numpy_helper.from_array(tap, name))
-        holder = dq if _is_dq(dq) else node
-        holder.input[0 if holder is dq else 1] = name
+        if _is_dq(dq):
+            dq.input[0] = name
+        else:
+            node.input[1] = name
         for value in [v for v in graph.value_info if v.name == node.input[1]]:
             graph.value_info.remove(value)  # the weight's old k x k shape
         if not any(weight_name in n.input for n in graph.node):
