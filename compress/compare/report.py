@@ -146,19 +146,30 @@ def sweep_table(manifest: Manifest, key: str, dataset: str | None = None) -> lis
 
 def teacher_table(manifest: Manifest, dataset: str | None = None) -> list[dict[str, Any]]:
     """Student accuracy per teacher of the teacher-size sweep, smallest teacher first, with its
-    gain over the baseline cells (the student trained alone)."""
+    gain over the baseline cells (the student trained alone). The pipeline's own teacher needs no
+    sweep entry: a method cell with the sweep's method block distilling from it is its row."""
     _, cells = cell_results(manifest, dataset)
     config = manifest.data["pipeline"]["config"]["stages"]
     baseline = _summary(cells["baseline"])[0] if "baseline" in cells else None
+    base_teacher = (_teacher_stage(manifest, dataset) or (None, None))[0]
+    sweep = {label[len(TEACHER_SWEEP) :]: records for label, records in cells.items()
+             if label.startswith(TEACHER_SWEEP)}  # fmt: skip
+    swept = {records[0]["teacher"] or base_teacher for records in sweep.values()}
+    if sweep and base_teacher not in swept:
+        block = next(iter(sweep.values()))[0]["method"]
+        for label, records in cells.items():
+            own = (records[0]["teacher"] or base_teacher) == base_teacher
+            if own and not _is_sweep(label) and records[0]["method"] == block:
+                sweep[config[base_teacher]["model"]["arch"]] = records
+                break
     rows = []
-    for label, records in cells.items():
-        if not label.startswith(TEACHER_SWEEP):
-            continue
-        teacher = manifest.stages.get(records[0]["teacher"], {})
+    for label, records in sweep.items():
+        teacher_name = records[0]["teacher"] or base_teacher
+        teacher = manifest.stages.get(teacher_name, {})
         metrics = teacher.get("metrics", {})
         mean, std, n = _summary(records)
-        rows.append({"teacher": label[len(TEACHER_SWEEP) :],
-                     "arch": config[records[0]["teacher"]]["model"]["arch"],
+        rows.append({"teacher": label,
+                     "arch": config[teacher_name]["model"]["arch"],
                      "teacher_params": metrics.get("params"), "teacher_top1": metrics.get("top1"),
                      "top1_mean": mean, "top1_std": std, "seeds": n,
                      "gain_vs_baseline": None if baseline is None else mean - baseline,

@@ -94,6 +94,28 @@ def test_teacher_table_pairs_each_teacher_with_its_students(tmp_path: Path, monk
     assert {"teachers.md", "teachers.csv", "teachers.png"} <= written
 
 
+def test_teacher_table_takes_the_pipelines_teacher_from_the_matching_method_cell(tmp_path: Path):
+    import compress.compare.report as report
+
+    def table(template_method: dict) -> list[tuple]:
+        raw = grid_pipeline(teachers=["resnet34"])
+        raw["distill"]["method"] = template_method
+        config = parse_pipeline(raw).model_dump(mode="json")
+        stages = {"teacher": done("teacher", 0.90, 11_000_000),
+                  "teacher-resnet34": done("teacher", 0.92, 21_000_000)}  # fmt: skip
+        for label, top1 in {"baseline": 0.80, "kd": 0.85, "teacher-resnet34": 0.87}.items():
+            for seed in (0, 1):
+                stages[f"distill-{label}-s{seed}"] = done("distill", top1 + seed / 100, 2)
+        rows = report.teacher_table(Manifest(tmp_path, {"pipeline": {"config": config},
+                                                        "stages": stages}))  # fmt: skip
+        return [(r["teacher"], r["teacher_top1"], round(r["top1_mean"], 4)) for r in rows]
+
+    # the sweep's kd block is the kd cell's: the pipeline's teacher (resnet18) is not run twice
+    assert table({"name": "kd"}) == [("resnet18", 0.90, 0.855), ("resnet34", 0.92, 0.875)]
+    # another temperature in the template: the kd cell is a different experiment, left out
+    assert table({"name": "kd", "temperature": 2.0}) == [("resnet34", 0.92, 0.875)]
+
+
 def fake_manifest(tmp_path: Path) -> Manifest:
     pipeline = parse_pipeline(grid_pipeline(temperatures=[2.0], alphas=[0.9]))
     config = pipeline.model_dump(mode="json")
