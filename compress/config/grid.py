@@ -105,6 +105,10 @@ def expand_grid(split: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(template, dict) or template.get("type") != "distill":
         raise ConfigError(f"grid.template: no distill stage named '{grid.template}' to copy")
     sweep_teachers = teacher_stages(grid, stages)
+    if sweep_teachers and not template.get("input") and not template.get("teachers"):
+        # the cells name their teacher: the sweep's new teacher stages must not become the
+        # "latest teacher before the cell" once grid.labels reorders the stages
+        template = {**template, "input": base_teacher(grid, stages)}
     expanded: dict[str, Any] = {}
     for name, stage in stages.items():
         if name != grid.template:
@@ -113,7 +117,6 @@ def expand_grid(split: dict[str, Any]) -> dict[str, Any]:
         for label, method in cells(grid, template):
             for seed in grid.seeds:
                 expanded[f"{name}-{label}-s{seed}"] = {**template, "method": method, "seed": seed}
-        # after the cells above, which keep distilling from the teacher before the template
         expanded.update({n: s for n, s in sweep_teachers.values() if n not in stages})
         for label, (teacher, _) in sweep_teachers.items():
             for seed in grid.seeds:
@@ -220,19 +223,7 @@ def teacher_stages(grid: GridConfig, stages: dict[str, Any]) -> dict[str, tuple[
     the template's teacher model get a copy of that stage named ``teacher-<label>``."""
     if not grid.teachers:
         return {}
-    template = stages[grid.template]
-    listed = template.get("teachers")
-    if isinstance(listed, list) and len(listed) > 1:
-        raise ConfigError(
-            "grid.teachers: the template distils from several teachers; a teacher-size sweep "
-            "needs one (set the template's input to the teacher to vary)"
-        )
-    base_name = template.get("input") or (listed[0] if listed else None)
-    if base_name is None:
-        earlier = list(stages)[: list(stages).index(grid.template)]
-        base_name = next((n for n in reversed(earlier)
-                          if isinstance(stages[n], dict) and stages[n].get("type") == "teacher"),
-                         None)  # fmt: skip
+    base_name = base_teacher(grid, stages)
     base = stages.get(base_name) if base_name else None
     if not isinstance(base, dict) or base.get("type") != "teacher":
         raise ConfigError(
@@ -252,6 +243,24 @@ def teacher_stages(grid: GridConfig, stages: dict[str, Any]) -> dict[str, tuple[
         else:
             out[label] = (f"{base_name}-{label}", {**base, "model": model})
     return out
+
+
+def base_teacher(grid: GridConfig, stages: dict[str, Any]) -> str | None:
+    """The teacher stage the template distils from: its ``input``, its one ``teachers`` entry,
+    or the last teacher stage before it."""
+    template = stages[grid.template]
+    listed = template.get("teachers")
+    if isinstance(listed, list) and len(listed) > 1:
+        raise ConfigError(
+            "grid.teachers: the template distils from several teachers; a teacher-size sweep "
+            "needs one (set the template's input to the teacher to vary)"
+        )
+    if template.get("input") or listed:
+        return template.get("input") or listed[0]
+    earlier = list(stages)[: list(stages).index(grid.template)]
+    return next((n for n in reversed(earlier)
+                 if isinstance(stages[n], dict) and stages[n].get("type") == "teacher"),
+                None)  # fmt: skip
 
 
 def sweep_method_block(grid: GridConfig, template: dict[str, Any]) -> dict[str, Any]:

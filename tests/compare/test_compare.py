@@ -9,6 +9,7 @@ import pytest
 
 from compress.compare.report import methods_table, sweep_table, write_compare_report
 from compress.config.load import parse_pipeline
+from compress.config.pipeline import find_producer
 from compress.errors import ConfigError
 from compress.manifest import Manifest
 from tests.conftest import run_pipeline_dict, tiny_pipeline
@@ -56,10 +57,23 @@ def test_teacher_size_sweep_adds_a_teacher_stage_per_new_model_and_cells_reading
                             "distill-teacher-resnet18-s0", "distill-teacher-r34-s0"]  # fmt: skip
     assert stages["teacher-r34"].model.arch == "resnet34"
     assert stages["teacher-r34"].model.stem == "compact"  # the rest of the teacher's model block
-    assert stages["distill-kd-s0"].input is None  # still the teacher before the template
+    assert stages["distill-kd-s0"].input == "teacher"  # named: not the sweep's newer teacher
     r18, r34 = stages["distill-teacher-resnet18-s0"], stages["distill-teacher-r34-s0"]
     assert (r18.input, r34.input) == ("teacher", "teacher-r34")  # resnet18 is the teacher itself
     assert r34.method.name == "kd" and r34.method.temperature == 2.0  # the template's kd block
+
+
+def test_teacher_size_sweep_with_label_counts_keeps_the_cells_on_the_pipelines_teacher():
+    # grid.labels puts every teacher stage before every cell: a cell that left its teacher to
+    # "the last one before it" distilled from the sweep's resnet50 instead (found in a real run)
+    raw = grid_pipeline(seeds=[0], teachers=["resnet50"], labels=[100], unlabeled=[True])
+    items = parse_pipeline(raw).stage_items()
+    assert [n for n, _ in items][:2] == ["teacher", "teacher-resnet50"]
+    producers = {name: find_producer(items[:i], "teacher", cfg.input)
+                 for i, (name, cfg) in enumerate(items) if cfg.type == "distill"}  # fmt: skip
+    assert producers == {"labels100.distill-baseline-s0": "teacher",
+                         "labels100.distill-kd-s0": "teacher",
+                         "labels100.distill-teacher-resnet50-s0": "teacher-resnet50"}  # fmt: skip
 
 
 def test_teacher_size_sweep_errors():
