@@ -154,17 +154,20 @@ def teacher_table(manifest: Manifest, dataset: str | None = None) -> list[dict[s
     base_teacher = (_teacher_stage(manifest, dataset) or (None, None))[0]
     sweep = {label[len(TEACHER_SWEEP) :]: records for label, records in cells.items()
              if label.startswith(TEACHER_SWEEP)}  # fmt: skip
-    swept = {records[0]["teacher"] or base_teacher for records in sweep.values()}
-    if sweep and base_teacher not in swept:
+
+    def teacher_of(records: list[dict[str, Any]]) -> str | None:
+        return records[0]["teacher"] or base_teacher  # no input: the pipeline's teacher
+
+    if sweep and base_teacher not in {teacher_of(records) for records in sweep.values()}:
         block = next(iter(sweep.values()))[0]["method"]
         for label, records in cells.items():
-            own = (records[0]["teacher"] or base_teacher) == base_teacher
+            own = teacher_of(records) == base_teacher
             if own and not _is_sweep(label) and records[0]["method"] == block:
                 sweep[config[base_teacher]["model"]["arch"]] = records
                 break
     rows = []
     for label, records in sweep.items():
-        teacher_name = records[0]["teacher"] or base_teacher
+        teacher_name = teacher_of(records)
         teacher = manifest.stages.get(teacher_name, {})
         metrics = teacher.get("metrics", {})
         mean, std, n = _summary(records)
