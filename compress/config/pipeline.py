@@ -72,7 +72,15 @@ class PipelineSettings(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="where stages train and evaluate; auto: cuda when available"
     )
-    threads: int | None = Field(None, ge=1, description="torch CPU threads; default: all cores")
+    threads: int | None = Field(
+        None, ge=1, description="torch CPU threads of each job; default: the cores / jobs"
+    )
+    jobs: int = Field(
+        1,
+        ge=1,
+        description="stages trained at once, each in its own process, when their inputs are "
+        "ready (grid cells); 2 jobs of 1 thread beat 1 job of 2 threads on small models",
+    )
     data: DataConfig = Field(default_factory=DataConfig, description="the dataset every stage uses")
     grid: GridConfig | None = Field(
         None, description="compare methods x seeds, and sweeps of T and alpha (see Comparisons)"

@@ -24,7 +24,7 @@ from compress.data.module import DataModule
 from compress.distill.base import METHODS, DistillLoss, Features, FeatureShapes
 from compress.distill.config import DistillSettings
 from compress.distill.features import probe_shapes, tapped
-from compress.io import load_torch, save_torch, sha256_json
+from compress.io import exclusive, load_torch, save_torch, sha256_json
 from compress.models import load_model
 from compress.train.evaluate import predict
 from compress.train.loop import FitResult, fit
@@ -211,7 +211,8 @@ def _cached_outputs(
     identity = {"teacher": source.sha256, "data": data_cfg, "seed": data.seed}
     key = sha256_json({**identity, "layers": layers} if layers else identity)
     path = where.cache_dir / f"teacher_logits-{key[:16]}.pt"
-    with distributed.main_first():  # rank 0 computes and saves, the others load its file
+    # rank 0 computes and saves, the others load its file; parallel jobs take turns likewise
+    with distributed.main_first(), exclusive(path.with_name(path.name + ".lock")):
         return _load_or_compute(teacher, layers, data, where.device, path, key)
 
 

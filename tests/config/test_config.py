@@ -186,7 +186,7 @@ def test_grid_cell_names_are_valid_stage_names():
 
 
 def test_the_runner_refuses_a_folder_outside_the_run_directory(tmp_path: Path):
-    from compress.runner import inside
+    from compress.stage_run import inside
 
     assert inside(tmp_path, "teacher") == tmp_path / "teacher"
     with pytest.raises(CompressError, match="outside the run directory"):

@@ -1,0 +1,125 @@
+"""Run a pipeline's stages several at a time, each in its own process (``jobs: N``).
+
+A stage starts once every stage it reads from has finished, so a grid's cells train side by
+side after their teacher. The parent process owns the manifest: it plans each stage, records it
+as running, hands the stage to a worker and records the result; workers only train and write
+their own stage folder. Each stage seeds itself from its name, so with the same ``threads`` a
+cell trains to the same weights here as in one process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import signal
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from typing import Any
+
+import torch
+
+from compress.config.pipeline import PipelineSettings
+from compress.manifest import Manifest
+from compress.stage_run import (
+    execute_stage,
+    fail_entry,
+    finish_entry,
+    plan_stage,
+    stage_context,
+    stage_sources,
+    start_entry,
+)
+from compress.ui import console, progress
+
+
+def run_in_parallel(
+    pipeline: PipelineSettings, manifest: Manifest, device: torch.device, again: set[str]
+) -> None:
+    """Run (or skip) every stage, up to ``pipeline.jobs`` at once; the first failure stops new
+    starts, lets the running ones finish and is raised."""
+    stages = pipeline.stage_items()
+    sources = [stage_sources(stages, i) for i in range(len(stages))]
+    threads = pipeline.threads or max(1, (os.cpu_count() or 1) // pipeline.jobs)
+    waiting = list(range(len(stages)))
+    finished: set[str] = set()
+    running: dict[Future, tuple[str, dict[str, Any]]] = {}
+    failure: BaseException | None = None
+    console.print(f"{pipeline.jobs} jobs of {threads} thread(s) each; workers print no progress")
+    pool = ProcessPoolExecutor(
+        pipeline.jobs,
+        mp_context=multiprocessing.get_context("spawn"),  # no forked torch thread pools
+        initializer=_start_worker,
+        initargs=(threads, pipeline.deterministic),
+    )
+    try:
+        with progress() as bar:
+            task = bar.add_task("stages", total=len(stages), stats="")
+            while waiting or running:
+                ready = [p for p in waiting if sources[p] <= finished]
+                if ready and failure is None and len(running) < pipeline.jobs:
+                    position = ready[0]
+                    waiting.remove(position)
+                    name, cfg = stages[position]
+                    planned = plan_stage(pipeline, stages, position, manifest)
+                    inputs, fingerprint, unchanged = planned
+                    if name not in again and unchanged:
+                        console.print(f"[dim]• {name}: unchanged, skipped[/]")
+                        finished.add(name)
+                        bar.advance(task)
+                        continue
+                    entry = start_entry(manifest, name, cfg, inputs, fingerprint, name in again)
+                    ctx = stage_context(pipeline, manifest, name, cfg, inputs, fingerprint, device)
+                    with _ctrl_c_ignored():  # inherited by a worker this submit starts
+                        running[pool.submit(execute_stage, cfg, ctx)] = (name, entry)
+                    console.print(f"▶ {name} ({cfg.type}) started")
+                    continue
+                if not running:
+                    break  # after a failure: what is left waits for the next run
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    name, entry = running.pop(future)
+                    try:
+                        finish_entry(manifest, name, entry, *future.result())
+                        finished.add(name)
+                    except BaseException as exc:  # the worker's error, raised again here
+                        fail_entry(entry, exc)
+                        manifest.save()
+                        # the first error ends the run (the CLI prints it); later ones here
+                        later = "" if failure is None else f": {entry['error']}"
+                        console.print(f"[red]✗ {name}[/] failed{later}")
+                        failure = failure or exc
+                    bar.advance(task)
+    except KeyboardInterrupt:
+        # workers ignore Ctrl-C; stop them here: their stages resume from their checkpoints
+        # on the next run, as a stage interrupted in one process does
+        for worker in multiprocessing.active_children():
+            worker.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+        for _, entry in running.values():
+            fail_entry(entry, KeyboardInterrupt())
+        manifest.save()
+        raise
+    pool.shutdown()
+    if failure is not None:
+        raise failure
+
+
+@contextlib.contextmanager
+def _ctrl_c_ignored() -> Iterator[None]:
+    """Workers ignore Ctrl-C from their first instruction on (no half-imported tracebacks):
+    an ignored signal stays ignored in the process a spawn starts."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _start_worker(threads: int, deterministic: bool) -> None:
+    torch.set_num_threads(threads)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    console.quiet = True  # several workers' progress bars would garble one terminal

@@ -1,0 +1,71 @@
+"""``jobs: N``: stages trained side by side in worker processes, recorded as one process would."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import yaml
+
+from tests.conftest import run_cli
+
+
+def grid(fashion_root: Path, **extra) -> dict:
+    return {
+        "name": "jobs",
+        "threads": 1,
+        "data": {"dataset": "fashion-mnist", "root": str(fashion_root), "download": False,
+                 "image_size": 16, "channels": 1, "batch_size": 16},
+        "teacher": {"model": {"arch": "mobilenet_v2", "width_mult": 0.25}, "epochs": 1,
+                    "augment": "none"},
+        "distill": {"student": {"arch": "mobilenet_v2", "width_mult": 0.25}, "epochs": 1,
+                    "augment": "none", "method": "kd"},
+        "grid": {"seeds": [0, 1], "methods": ["baseline", "kd"]},
+        **extra,
+    }  # fmt: skip
+
+
+def run(pipeline: dict, tmp_path: Path, run_dir: str, *args: str):
+    path = tmp_path / f"{run_dir}.yaml"
+    path.write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    result = run_cli("run", str(path), "--run-dir", str(tmp_path / run_dir), *args)
+    manifest = tmp_path / run_dir / "manifest.json"
+    stages = json.loads(manifest.read_text())["stages"] if manifest.exists() else {}
+    return result, stages
+
+
+def test_parallel_jobs_train_the_same_weights_as_one_process(fake_fashion, tmp_path: Path):
+    one, alone = run(grid(fake_fashion), tmp_path, "one")
+    two, side_by_side = run(grid(fake_fashion, jobs=2), tmp_path, "two")
+    assert one.returncode == 0 and two.returncode == 0, two.stdout + two.stderr
+    assert "2 jobs of 1 thread(s) each" in two.stdout
+    assert list(side_by_side) == list(alone)  # pipeline order, however they finished
+    assert side_by_side["teacher"]["config_hash"] == alone["teacher"]["config_hash"]
+    for name, entry in alone.items():
+        assert side_by_side[name]["status"] == "done"
+        assert side_by_side[name]["metrics"]["top1"] == entry["metrics"]["top1"], name
+        weights = [
+            torch.load(tmp_path / run_dir / name / "model.pt", weights_only=True)["state_dict"]
+            for run_dir in ("one", "two")
+        ]  # the files differ in their recorded timings only
+        assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0]), name
+    again, _ = run(grid(fake_fashion, jobs=2), tmp_path, "two")
+    assert again.returncode == 0
+    assert again.stdout.count("unchanged, skipped") == len(alone)
+
+
+def test_a_failing_job_is_recorded_and_the_others_finish(fake_fashion, tmp_path: Path):
+    pipeline = grid(fake_fashion, jobs=2)
+    del pipeline["grid"]
+    pipeline["broken"] = {"type": "distill", "student": {"arch": "mobilenet_v2", "width_mult": 0.25},
+                   "epochs": 1, "augment": "none", "method": "kd",
+                   "data": {**pipeline["data"], "root": str(tmp_path / "nowhere")},
+                   "input": "teacher"}  # fmt: skip
+    result, stages = run(pipeline, tmp_path, "run")
+    out = result.stdout + result.stderr
+    assert result.returncode == 2, out  # the CLI's exit status for a user's mistake
+    assert "Traceback" not in out
+    assert out.count("dataset 'fashion-mnist' not found") == 1  # the worker's error, once
+    assert stages["broken"]["status"] == "failed"
+    assert stages["distill"]["status"] == "done"  # started beside it, left to finish
