@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -56,7 +57,8 @@ def run(
     target = run_dir or Path("runs") / config.name
     console.print(f"[bold]compress run[/] {pipeline} -> {target}/")
     try:
-        manifest = run_pipeline(config, target, force=force, rerun=rerun)
+        command = shlex.join(["compress", *sys.argv[1:]])
+        manifest = run_pipeline(config, target, force=force, rerun=rerun, command=command)
     finally:
         distributed.shutdown()
     if distributed.is_main():  # under torchrun rank 0 alone reports

@@ -40,9 +40,11 @@ def run_pipeline(
     run_dir: Path,
     force: bool = False,
     rerun: list[str] | None = None,
+    command: str | None = None,
 ) -> Manifest:
     """``force`` re-runs every stage; ``rerun`` names stages to re-run from scratch (stages that
-    consume their outputs re-run too when the outputs' checksums change)."""
+    consume their outputs re-run too when the outputs' checksums change); ``command`` (the
+    command line) is kept in the manifest beside the config it produced."""
     names = [n for n, _ in pipeline.stage_items()]
     for name in rerun or []:
         if name not in names:
@@ -59,6 +61,7 @@ def run_pipeline(
             "name": pipeline.name,
             "config_hash": sha256_json(pipeline.model_dump(mode="json")),
             "config": pipeline.model_dump(mode="json"),
+            "command": command,
         }
         manifest.data["versions"] = library_versions()
         again = set(names) if force else set(rerun or [])

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from compress.bench.environment import host
 from compress.config.pipeline import PipelineSettings, find_producer
 from compress.errors import CompressError
 from compress.io import sha256_json
@@ -81,14 +82,21 @@ def stage_context(
     )
 
 
-def execute_stage(cfg: Any, ctx: StageContext) -> tuple[StageResult, float, float]:
-    """Run one stage: its result, wall seconds and CPU seconds of this process."""
+def execute_stage(cfg: Any, ctx: StageContext) -> tuple[StageResult, dict[str, Any]]:
+    """Run one stage: its result, and its wall and CPU seconds with the host (CPU, threads) of
+    the process that ran it."""
     started, cpu_started = time.perf_counter(), time.process_time()
     # each stage starts from its own seed, so skipping or resuming earlier stages (or running
     # it in another process) cannot change what this one draws (model init, dropout)
     torch.manual_seed(ctx.seed * 1_000_003 + zlib.crc32(ctx.name.encode()))
     result = STAGES.get(cfg.type).run(cfg, ctx)
-    return result, time.perf_counter() - started, time.process_time() - cpu_started
+    timing = {
+        "seconds": round(time.perf_counter() - started, 2),
+        # CPU time of the process that ran it: less sensitive to other load than wall clock
+        "cpu_seconds": round(time.process_time() - cpu_started, 2),
+        "host": host(),
+    }
+    return result, timing
 
 
 def fail_entry(entry: dict[str, Any], exc: BaseException) -> None:
@@ -99,20 +107,13 @@ def fail_entry(entry: dict[str, Any], exc: BaseException) -> None:
 
 
 def finish_entry(
-    manifest: Manifest,
-    name: str,
-    entry: dict[str, Any],
-    result: StageResult,
-    seconds: float,
-    cpu_seconds: float,
+    manifest: Manifest, name: str, entry: dict[str, Any], result: StageResult, timing: dict
 ) -> None:
     entry.update(
         status="done",
         metrics=result.metrics,
         artifacts={k: manifest.artifact_record(p) for k, p in result.artifacts.items()},
-        seconds=round(seconds, 2),
-        # CPU time of the process that ran it: less sensitive to other load than wall clock
-        cpu_seconds=round(cpu_seconds, 2),
+        **timing,
         finished_at=_now(),
         versions=manifest.data["versions"],
     )

@@ -44,6 +44,7 @@ def test_parallel_jobs_train_the_same_weights_as_one_process(fake_fashion, tmp_p
     assert side_by_side["teacher"]["config_hash"] == alone["teacher"]["config_hash"]
     for name, entry in alone.items():
         assert side_by_side[name]["status"] == "done"
+        assert side_by_side[name]["host"]["threads"] == 1  # each job, as threads says
         assert side_by_side[name]["metrics"]["top1"] == entry["metrics"]["top1"], name
         weights = [
             torch.load(tmp_path / run_dir / name / "model.pt", weights_only=True)["state_dict"]
@@ -58,10 +59,11 @@ def test_parallel_jobs_train_the_same_weights_as_one_process(fake_fashion, tmp_p
 def test_a_failing_job_is_recorded_and_the_others_finish(fake_fashion, tmp_path: Path):
     pipeline = grid(fake_fashion, jobs=2)
     del pipeline["grid"]
-    pipeline["broken"] = {"type": "distill", "student": {"arch": "mobilenet_v2", "width_mult": 0.25},
-                   "epochs": 1, "augment": "none", "method": "kd",
-                   "data": {**pipeline["data"], "root": str(tmp_path / "nowhere")},
-                   "input": "teacher"}  # fmt: skip
+    pipeline["broken"] = {
+        "type": "distill", "student": {"arch": "mobilenet_v2", "width_mult": 0.25}, "epochs": 1,
+        "augment": "none", "method": "kd", "input": "teacher",
+        "data": {**pipeline["data"], "root": str(tmp_path / "nowhere")},
+    }  # fmt: skip
     result, stages = run(pipeline, tmp_path, "run")
     out = result.stdout + result.stderr
     assert result.returncode == 2, out  # the CLI's exit status for a user's mistake

@@ -10,7 +10,6 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import onnxruntime as ort
 import torch
 
 from compress.manifest import library_versions
@@ -18,6 +17,23 @@ from compress.manifest import library_versions
 
 def environment(threads: int | None) -> dict[str, Any]:
     """CPU model and ISA flags, cores and threads, GPU and driver, library versions."""
+    import onnxruntime as ort  # here: the runner records host() without loading onnxruntime
+
+    env: dict[str, Any] = {
+        **host(threads),
+        "onnxruntime_providers": ort.get_available_providers(),
+        "versions": library_versions(),
+    }
+    if torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(0)
+        env["cuda"] = torch.version.cuda
+        env["gpu_driver"] = _nvidia_driver()
+    return env
+
+
+def host(threads: int | None = None) -> dict[str, Any]:
+    """CPU model, the ISA flags that decide our kernels' speed, cores and torch threads: what
+    every published time (a stage's seconds included) needs beside it."""
     flags: set[str] = set()
     model = ""
     cpuinfo = Path("/proc/cpuinfo")
@@ -31,19 +47,15 @@ def environment(threads: int | None) -> dict[str, Any]:
     isa = [
         f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags
     ]
-    env: dict[str, Any] = {
+    facts: dict[str, Any] = {
         "cpu": model or platform.processor() or platform.machine(),
         "isa": isa,
         "cores": os.cpu_count(),
         "threads": threads or torch.get_num_threads(),
-        "onnxruntime_providers": ort.get_available_providers(),
-        "versions": library_versions(),
     }
     if torch.cuda.is_available():
-        env["gpu"] = torch.cuda.get_device_name(0)
-        env["cuda"] = torch.version.cuda
-        env["gpu_driver"] = _nvidia_driver()
-    return env
+        facts["gpu"] = torch.cuda.get_device_name(0)
+    return facts
 
 
 def _nvidia_driver() -> str | None:

@@ -20,7 +20,7 @@ import torch
 from compress.config.base import DataConfig
 from compress.config.grid import TEACHER_SWEEP, GridConfig, dataset_blocks, label_scope
 from compress.data.module import get_data
-from compress.io import atomic_path, write_text
+from compress.io import atomic_path, write_json, write_text
 from compress.manifest import Manifest
 from compress.models import load_model
 from compress.train.evaluate import predict
@@ -256,7 +256,28 @@ def write_compare_report(manifest: Manifest) -> list[Path]:
     grid = manifest.data["pipeline"]["config"]["grid"]
     if grid.get("labels"):
         written += _write_labels_report(manifest, grid["labels"])
-    return written
+    write_json(manifest.run_dir / "compare" / "cells.json", cells_record(manifest))
+    return [*written, manifest.run_dir / "compare" / "cells.json"]
+
+
+def cells_record(manifest: Manifest) -> dict[str, Any]:
+    """Every finished stage's top-1, teacher, seconds and the host (CPU, ISA, threads) it ran
+    on, with the command and versions: the raw numbers behind the tables, to publish with them."""
+    stages = {}
+    for name, entry in manifest.stages.items():
+        if entry.get("status") != "done":
+            continue
+        record = {"type": entry["type"], "top1": entry.get("metrics", {}).get("top1")}
+        teacher = entry.get("inputs", {}).get("teacher", {}).get("stage")
+        if teacher:
+            record["teacher"] = teacher
+        for key in ("seconds", "cpu_seconds", "host", "finished_at"):
+            if key in entry:
+                record[key] = entry[key]
+        stages[name] = record
+    pipeline = manifest.data["pipeline"]
+    return {"pipeline": pipeline.get("name"), "command": pipeline.get("command"),
+            "versions": manifest.data.get("versions"), "stages": stages}  # fmt: skip
 
 
 def labels_table(manifest: Manifest, counts: list[int | str]) -> list[dict[str, Any]]:

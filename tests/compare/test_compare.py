@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -280,3 +281,10 @@ def test_a_grid_over_two_datasets_through_compress_run(fake_fashion, tmp_path: P
             assert {row["method"] for row in csv.DictReader(f)} == {"teacher", "baseline", "kd"}
         with open(tmp_path / "run" / "compare" / dataset / "teachers.csv") as f:
             assert [row["teacher"] for row in csv.DictReader(f)] == ["mobilenet_v2", "wide"]
+    cells = json.loads((tmp_path / "run" / "compare" / "cells.json").read_text())
+    assert cells["command"].startswith("compress run ") and "--run-dir" in cells["command"]
+    assert set(cells["stages"]) == set(stages)
+    wide_cell = cells["stages"]["shapes.distill-teacher-wide-s0"]
+    assert wide_cell["teacher"] == "shapes.teacher-wide"
+    assert wide_cell["top1"] == stages["shapes.distill-teacher-wide-s0"]["metrics"]["top1"]
+    assert wide_cell["host"]["cores"] >= 1 and "cpu" in wide_cell["host"]
