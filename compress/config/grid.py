@@ -105,9 +105,12 @@ def expand_grid(split: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(template, dict) or template.get("type") != "distill":
         raise ConfigError(f"grid.template: no distill stage named '{grid.template}' to copy")
     sweep_teachers = teacher_stages(grid, stages)
-    if sweep_teachers and not template.get("input") and not template.get("teachers"):
-        # the cells name their teacher: the sweep's new teacher stages must not become the
-        # "latest teacher before the cell" once grid.labels reorders the stages
+    later = list(stages)[list(stages).index(grid.template) + 1 :]
+    moved = grid.labels and any(_is_teacher(stages[n]) for n in later)
+    if (sweep_teachers or moved) and not template.get("input") and not template.get("teachers"):
+        # the cells name their teacher: neither the sweep's new teacher stages nor a teacher
+        # after the template may become "the latest teacher before the cell" once grid.labels
+        # moves every teacher stage before the cells
         template = {**template, "input": base_teacher(grid, stages)}
     expanded: dict[str, Any] = {}
     for name, stage in stages.items():
@@ -258,9 +261,11 @@ def base_teacher(grid: GridConfig, stages: dict[str, Any]) -> str | None:
     if template.get("input") or listed:
         return template.get("input") or listed[0]
     earlier = list(stages)[: list(stages).index(grid.template)]
-    return next((n for n in reversed(earlier)
-                 if isinstance(stages[n], dict) and stages[n].get("type") == "teacher"),
-                None)  # fmt: skip
+    return next((n for n in reversed(earlier) if _is_teacher(stages[n])), None)
+
+
+def _is_teacher(stage: Any) -> bool:
+    return isinstance(stage, dict) and stage.get("type") == "teacher"
 
 
 def sweep_method_block(grid: GridConfig, template: dict[str, Any]) -> dict[str, Any]:

@@ -77,6 +77,17 @@ def test_teacher_size_sweep_with_label_counts_keeps_the_cells_on_the_pipelines_t
                          "labels100.distill-teacher-resnet50-s0": "teacher-resnet50"}  # fmt: skip
 
 
+def test_label_counts_keep_the_cells_on_the_teacher_before_the_template():
+    # the same drift without a sweep: a second teacher stage after the distill block moves
+    # before the cells with grid.labels, and would have become their "last teacher before"
+    raw = grid_pipeline(seeds=[0], labels=[100])
+    raw["big_teacher"] = {"type": "teacher", "model": {"arch": "resnet34"}, "epochs": 1}
+    items = parse_pipeline(raw).stage_items()
+    producers = {find_producer(items[:i], "teacher", cfg.input)
+                 for i, (name, cfg) in enumerate(items) if cfg.type == "distill"}  # fmt: skip
+    assert producers == {"teacher"}
+
+
 def test_teacher_size_sweep_errors():
     with pytest.raises(ConfigError, match="two entries are labelled 'resnet34'"):
         parse_pipeline(grid_pipeline(teachers=["resnet34", {"arch": "resnet34", "stem": "cifar"}]))
