@@ -15,11 +15,13 @@ import os
 import signal
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import torch
 
 from compress.config.pipeline import PipelineSettings
+from compress.errors import CompressError
 from compress.manifest import Manifest
 from compress.stage_run import (
     execute_stage,
@@ -79,20 +81,18 @@ def run_in_parallel(
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in done:
                     name, entry = running.pop(future)
-                    try:
-                        finish_entry(manifest, name, entry, *future.result())
-                        finished.add(name)
-                    except BaseException as exc:  # the worker's error, raised again here
-                        fail_entry(entry, exc)
-                        manifest.save()
+                    error = _record(manifest, name, entry, future)
+                    if error is not None:
                         # the first error ends the run (the CLI prints it); later ones here
                         later = "" if failure is None else f": {entry['error']}"
                         console.print(f"[red]✗ {name}[/] failed{later}")
-                        failure = failure or exc
+                        failure = failure or error
+                    else:
+                        finished.add(name)
                     bar.advance(task)
-    except KeyboardInterrupt:
-        # workers ignore Ctrl-C; stop them here: their stages resume from their checkpoints
-        # on the next run, as a stage interrupted in one process does
+    except BaseException:
+        # Ctrl-C (workers ignore it) or an error here: stop the workers; their stages resume
+        # from their checkpoints on the next run, as a stage interrupted in one process does
         for worker in multiprocessing.active_children():
             worker.terminate()
         pool.shutdown(wait=True, cancel_futures=True)
@@ -103,6 +103,24 @@ def run_in_parallel(
     pool.shutdown()
     if failure is not None:
         raise failure
+
+
+def _record(
+    manifest: Manifest, name: str, entry: dict[str, Any], future: Future
+) -> BaseException | None:
+    """Record a finished job as done, or as failed with the worker's error (returned)."""
+    try:
+        finish_entry(manifest, name, entry, *future.result())
+        return None
+    except BaseException as exc:  # the worker's error, raised again here
+        if isinstance(exc, BrokenProcessPool):
+            exc = CompressError(
+                f"{name}: its worker process died (out of memory? try fewer jobs); "
+                "run again to resume"
+            )
+        fail_entry(entry, exc)
+        manifest.save()
+        return exc
 
 
 @contextlib.contextmanager
