@@ -31,6 +31,7 @@ from compress.stage_run import (
     stage_context,
     stage_sources,
     start_entry,
+    torch_settings,
 )
 from compress.ui import console, progress
 
@@ -135,9 +136,5 @@ def _ctrl_c_ignored() -> Iterator[None]:
 
 
 def _start_worker(threads: int, deterministic: bool) -> None:
-    torch.set_num_threads(threads)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch_settings(threads, deterministic)
     console.quiet = True  # several workers' progress bars would garble one terminal

@@ -30,6 +30,7 @@ from compress.stage_run import (
     plan_stage,
     stage_context,
     start_entry,
+    torch_settings,
 )
 from compress.stages import STAGES
 from compress.ui import console
@@ -109,15 +110,10 @@ def _run_in_order(
 
 
 def configure_torch(pipeline: PipelineSettings) -> torch.device:
-    if pipeline.threads:
-        torch.set_num_threads(pipeline.threads)
+    torch_settings(pipeline.threads, pipeline.deterministic)
     random.seed(pipeline.seed)
     np.random.seed(pipeline.seed)
     torch.manual_seed(pipeline.seed)
-    if pipeline.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     if pipeline.device == "cuda" and not torch.cuda.is_available():
         raise CompressError("device: cuda was asked for, but no CUDA device is available")
     use_cuda = pipeline.device == "cuda" or (

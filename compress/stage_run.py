@@ -8,6 +8,7 @@ the parallel jobs share these steps, so both record exactly the same entries.
 
 from __future__ import annotations
 
+import os
 import time
 import zlib
 from datetime import datetime, timezone
@@ -80,6 +81,16 @@ def stage_context(
         data_config=cfg.data or pipeline.data,
         seed=pipeline.seed,
     )
+
+
+def torch_settings(threads: int | None, deterministic: bool) -> None:
+    """The process-wide torch settings a pipeline asks for, in the runner's process or a job's."""
+    if threads:
+        torch.set_num_threads(threads)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
 def execute_stage(cfg: Any, ctx: StageContext) -> tuple[StageResult, dict[str, Any]]:
