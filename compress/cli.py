@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -13,7 +14,7 @@ from rich.markup import escape
 
 from compress.bench.timing import TimingPlan
 from compress.data.fetch import fetchable
-from compress.errors import CompressError
+from compress.errors import CompressError, Terminated
 from compress.registry import BACKENDS
 from compress.ui import console
 
@@ -59,6 +60,10 @@ def run(
     try:
         command = shlex.join(["compress", *sys.argv[1:]])
         manifest = run_pipeline(config, target, force=force, rerun=rerun, command=command)
+    except KeyboardInterrupt as exc:  # typer would exit 130 silently
+        stopped = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        console.print(f"[yellow]{stopped}[/]: run the same command again to resume")
+        raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
     finally:
         distributed.shutdown()
     if distributed.is_main():  # under torchrun rank 0 alone reports
@@ -475,7 +480,12 @@ def data_check(
         raise typer.Exit(1)
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         app()
     except CompressError as exc:

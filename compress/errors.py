@@ -30,6 +30,11 @@ class TrainingError(CompressError):
     """Training cannot continue (NaN loss, diverged)."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a job scheduler's stop), raised where Ctrl-C would be, so the stage
+    is recorded as interrupted, workers are stopped and the next run resumes it."""
+
+
 def did_you_mean(word: str, options: Iterable[str]) -> str:
     """A ' (did you mean 'x'?)' hint, or '' when nothing is close."""
     close = difflib.get_close_matches(str(word), list(options), n=1, cutoff=0.6)

@@ -13,6 +13,7 @@ import contextlib
 import multiprocessing
 import os
 import signal
+import sys
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -53,7 +54,7 @@ def run_in_parallel(
         pipeline.jobs,
         mp_context=multiprocessing.get_context("spawn"),  # no forked torch thread pools
         initializer=_start_worker,
-        initargs=(threads, pipeline.deterministic),
+        initargs=(threads, pipeline.deterministic, os.getpid()),
     )
     try:
         with progress() as bar:
@@ -135,6 +136,20 @@ def _ctrl_c_ignored() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _start_worker(threads: int, deterministic: bool) -> None:
+def _start_worker(threads: int, deterministic: bool, parent: int) -> None:
+    _die_with_parent(parent)
     torch_settings(threads, deterministic)
     console.quiet = True  # several workers' progress bars would garble one terminal
+
+
+def _die_with_parent(parent: int) -> None:
+    """A worker whose parent is killed outright (SIGKILL, the OOM killer) gets SIGTERM and
+    stops, instead of training on into a run directory nobody records (Linux only)."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != parent:  # the parent died before the line above
+        os._exit(1)

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
-from tests.conftest import run_cli
+from tests.conftest import ROOT, run_cli
 
 
 def grid(fashion_root: Path, **extra) -> dict:
@@ -71,3 +77,74 @@ def test_a_failing_job_is_recorded_and_the_others_finish(fake_fashion, tmp_path:
     assert out.count("dataset 'fashion-mnist' not found") == 1  # the worker's error, once
     assert stages["broken"]["status"] == "failed"
     assert stages["distill"]["status"] == "done"  # started beside it, left to finish
+
+
+def _workers_of(parent: int) -> list[int]:
+    """The pids of ``parent``'s multiprocessing workers (Linux /proc)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == parent and b"spawn_main" in cmdline:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _start_long_grid(fake_fashion: Path, tmp_path: Path) -> tuple[subprocess.Popen, Path, list]:
+    """A 2-job grid whose cells train long enough to be stopped; returns once both run."""
+    pipeline = grid(fake_fashion, jobs=2)
+    pipeline["distill"]["epochs"] = 2000
+    pipeline["grid"]["methods"] = ["kd"]
+    path = tmp_path / "long.yaml"
+    path.write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    manifest = tmp_path / "long" / "manifest.json"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "compress", "run", str(path), "--run-dir", str(tmp_path / "long")],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        stages = json.loads(manifest.read_text())["stages"] if manifest.exists() else {}
+        cells = [e for n, e in stages.items() if n.startswith("distill-")]
+        workers = _workers_of(process.pid)
+        if len(cells) == 2 and all(e["status"] == "running" for e in cells) and workers:
+            return process, manifest, workers
+        time.sleep(0.5)
+    process.kill()
+    pytest.fail(f"the cells never ran side by side: {process.communicate()[0]}")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_sigterm_stops_the_workers_and_records_the_cells_interrupted(fake_fashion, tmp_path):
+    process, manifest, workers = _start_long_grid(fake_fashion, tmp_path)
+    process.send_signal(signal.SIGTERM)  # what kill and job schedulers send
+    out = process.communicate(timeout=120)[0]
+    assert process.returncode == 143, out
+    assert "terminated: run the same command again to resume" in out
+    assert "Traceback" not in out
+    stages = json.loads(manifest.read_text())["stages"]
+    assert {stages[n]["status"] for n in stages if n.startswith("distill-")} == {"interrupted"}
+    assert not [pid for pid in workers if _alive(pid)]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="prctl(PR_SET_PDEATHSIG) is Linux's")
+def test_workers_stop_when_their_parent_is_killed_outright(fake_fashion, tmp_path):
+    process, _, workers = _start_long_grid(fake_fashion, tmp_path)
+    process.kill()  # SIGKILL: the parent runs no cleanup at all
+    process.communicate(timeout=60)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
+        time.sleep(0.2)
+    assert not [pid for pid in workers if _alive(pid)]
