@@ -41,15 +41,16 @@ def cell_results(
         label, _, seed = name[len(prefix) :].rpartition("-s")
         metrics = entry["metrics"]
         cells[label].append({"seed": int(seed), "top1": metrics["top1"],
+                             "val_top1": metrics.get("val_top1"),
                              "params": metrics.get("params"),
                              "method": config["stages"][name]["method"],
                              "teacher": config["stages"][name].get("input")})  # fmt: skip
     return grid, cells
 
 
-def _summary(records: list[dict[str, Any]]) -> tuple[float, float, int]:
+def _summary(records: list[dict[str, Any]], key: str = "top1") -> tuple[float, float, int]:
     """Mean and sample std of top-1 over seeds: fractions, like every top1 of the manifest."""
-    values = [r["top1"] for r in records]
+    values = [r[key] for r in records]
     std = statistics.stdev(values) if len(values) > 1 else 0.0
     return statistics.fmean(values), std, len(values)
 
@@ -109,6 +110,10 @@ def methods_table(manifest: Manifest, dataset: str | None = None) -> list[dict[s
         rows.append({"method": label, "top1_mean": mean, "top1_std": std, "seeds": n,
                      "gain_vs_baseline": gain, "gain_ci95": ci,
                      "params": cells[label][0]["params"]})  # fmt: skip
+        if all(r.get("val_top1") is not None for r in cells[label]):
+            # data.val_split: the split to choose settings on, never the test set
+            val_mean, val_std, _ = _summary(cells[label], "val_top1")
+            rows[-1].update(val_top1_mean=val_mean, val_top1_std=val_std)
     rows.sort(key=lambda r: -r["top1_mean"])
     _, teacher = _teacher_stage(manifest, dataset) or (None, None)
     if teacher and teacher.get("status") == "done":
@@ -215,10 +220,10 @@ def teacher_entropy(
 def _markdown(rows: list[dict[str, Any]], title: str) -> str:
     if not rows:
         return f"## {title}\n\n(no cells)\n"
-    keys = list(rows[0])
+    keys = _columns(rows)
     lines = [f"## {title}", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     for row in rows:
-        lines.append("| " + " | ".join(_cell(k, row[k]) for k in keys) + " |")
+        lines.append("| " + " | ".join(_cell(k, row.get(k)) for k in keys) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -227,8 +232,10 @@ def _cell(key: str, value: Any) -> str:
         return "-"
     if key == "gain_ci95":  # fractions, shown in points
         return f"[{100 * value[0]:+.2f}, {100 * value[1]:+.2f}]"
-    if key in ("top1_mean", "teacher_top1"):  # fractions, shown as percentages
+    if key in ("top1_mean", "teacher_top1", "val_top1_mean"):  # fractions, as percentages
         return f"{100 * value:.2f}%"
+    if key == "val_top1_std":
+        return f"±{100 * value:.2f}"
     if key in ("top1_std", "gain_vs_baseline"):  # in points
         return f"{100 * value:+.2f}" if key == "gain_vs_baseline" else f"±{100 * value:.2f}"
     if key in ("params", "teacher_params"):
@@ -238,10 +245,15 @@ def _cell(key: str, value: Any) -> str:
     return str(value)
 
 
+def _columns(rows: list[dict[str, Any]]) -> list[str]:
+    """Every row's keys in first-seen order (the teacher row has no validation columns)."""
+    return list(dict.fromkeys(k for row in rows for k in row))
+
+
 def _csv(rows: list[dict[str, Any]]) -> str:
     out = io.StringIO()
     if rows:
-        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(out, fieldnames=_columns(rows))
         writer.writeheader()
         writer.writerows(rows)
     return out.getvalue()

@@ -28,6 +28,7 @@ the same dataset's copies. An entry is a dataset name or a data block with an op
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
@@ -47,7 +48,9 @@ class GridConfig(StrictModel):
         description="one cell per seed for every method and sweep value",
     )
     methods: list[Any] = Field(
-        default_factory=list, description="methods to compare (names or method blocks)"
+        default_factory=list,
+        description="methods to compare (names or method blocks; a block's optional label "
+        "names its cells, e.g. {name: fitnets, hint_weight: 10, label: fitnets-h10})",
     )
     temperatures: list[float] = Field(
         default_factory=list, description="sweep sweep_method's temperature over these values"
@@ -86,6 +89,17 @@ class GridConfig(StrictModel):
             raise ValueError("grid.labels and grid.datasets cannot be combined; use one")
         if True in self.unlabeled and not any(n != "all" for n in self.labels):
             raise ValueError("grid.unlabeled: true needs grid.labels with a count below all")
+        return self
+
+    @model_validator(mode="after")
+    def _method_labels_name_stages(self) -> GridConfig:
+        for method in self.methods:
+            label = method.get("label") if isinstance(method, dict) else None
+            if label is not None and not re.fullmatch(r"[A-Za-z0-9_+-]+", str(label)):
+                raise ValueError(
+                    f"grid.methods label {label!r}: letters, digits, '_', '+' and '-' only "
+                    "(it becomes part of stage names)"
+                )
         return self
 
 
@@ -283,6 +297,9 @@ def cells(grid: GridConfig, template: dict[str, Any]) -> list[tuple[str, Any]]:
         name = method if isinstance(method, str) else str(method.get("name", "method"))
         if isinstance(method, dict) and method.get("name") == "mix":
             name = "mix-" + "+".join(str(p.get("name", "?")) for p in method.get("parts", []))
+        if isinstance(method, dict) and "label" in method:  # fitnets-h10 in a hint_weight sweep
+            name = str(method["label"])
+            method = {k: v for k, v in method.items() if k != "label"}
         seen[name] = seen.get(name, 0) + 1
         out.append((name if seen[name] == 1 else f"{name}{seen[name]}", method))
     base = sweep_method_block(grid, template)

@@ -54,6 +54,8 @@ def finish_model(
     metrics["eval_seconds"] = round(time.perf_counter() - started, 2)
     metrics["params"] = count_params(model)
     metrics["test_images"] = len(data.test)
+    if data.val is not None:  # the kept weights on the validation split: what tuning reads
+        metrics["val_top1"] = evaluate(model, data, data.val, ctx.device)["top1"]
     if history:
         metrics["epochs"] = len(history)
         metrics["train_seconds"] = round(sum(h["seconds"] for h in history), 2)

@@ -50,6 +50,15 @@ def test_grid_errors_name_the_key():
         parse_pipeline(grid_pipeline(methods=["kdd"]))
 
 
+def test_method_blocks_with_a_label_name_their_cells():
+    hints = [{"name": "fitnets", "hint_weight": w, "label": f"fitnets-h{w}"} for w in (10, 100)]
+    stages = dict(parse_pipeline(grid_pipeline(seeds=[0], methods=hints)).stage_items())
+    assert list(stages) == ["teacher", "distill-fitnets-h10-s0", "distill-fitnets-h100-s0"]
+    assert stages["distill-fitnets-h10-s0"].method.hint_weight == 10
+    with pytest.raises(ConfigError, match=r"label 'h 1\.0'.*letters, digits"):
+        parse_pipeline(grid_pipeline(methods=[{"name": "kd", "label": "h 1.0"}]))
+
+
 def test_teacher_size_sweep_adds_a_teacher_stage_per_new_model_and_cells_reading_it():
     raw = grid_pipeline(seeds=[0], teachers=["resnet18", {"label": "r34", "arch": "resnet34"}])
     raw["distill"]["method"] = {"name": "kd", "temperature": 2.0}
@@ -165,6 +174,25 @@ def test_methods_table_ranks_and_reports_mean_std_gain(tmp_path: Path):
     assert kd["top1_mean"] == pytest.approx(0.86)  # a fraction, like the manifest's top1
     assert kd["top1_std"] == pytest.approx(0.0141421, rel=1e-4)  # sample std of .85 and .87
     assert kd["gain_vs_baseline"] == pytest.approx(0.05)
+
+
+def test_methods_table_reports_validation_accuracy_when_cells_have_a_split(
+    tmp_path: Path, monkeypatch
+):
+    import compress.compare.report as report
+
+    monkeypatch.setattr(report, "teacher_entropy", lambda m, ts, d=None: {t: 1.0 / t for t in ts})
+    manifest = fake_manifest(tmp_path)
+    for seed, val in enumerate((0.70, 0.74)):
+        manifest.stages[f"distill-kd-s{seed}"]["metrics"]["val_top1"] = val
+    rows = {r["method"]: r for r in methods_table(manifest)}
+    assert rows["kd"]["val_top1_mean"] == pytest.approx(0.72)
+    assert rows["kd"]["val_top1_std"] == pytest.approx(0.0282843, rel=1e-4)
+    assert "val_top1_mean" not in rows["baseline"]  # its cells have no split
+    write_compare_report(manifest)
+    table = (tmp_path / "compare" / "methods.md").read_text()
+    assert "| val_top1_mean | val_top1_std |" in table  # though the teacher row comes first
+    assert "| 72.00% | ±2.83 |" in table
 
 
 def test_sweeps_include_the_matching_method_cell(tmp_path: Path):

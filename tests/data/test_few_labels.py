@@ -158,11 +158,12 @@ def test_labels_report_tables_and_curve(tmp_path: Path, monkeypatch):
 
 
 def test_few_labels_through_compress_run(fake_fashion: Path, tmp_path: Path):
-    """2 labels per class from 60 random images, the other 40 unlabeled, 3 steps per cell."""
+    """2 labels per class from 60 random images (4 of them the validation split), the other 40
+    unlabeled, 3 steps per cell."""
     pipeline = {
         "name": "few",
         "data": {"dataset": "fashion-mnist", "root": str(fake_fashion), "download": False,
-                 "image_size": 16, "batch_size": 8},
+                 "image_size": 16, "batch_size": 8, "val_split": 0.2},
         "teacher": {"model": {"arch": "mobilenet_v2", "width_mult": 0.25}, "epochs": 1,
                     "augment": "none"},
         "distill": {"student": {"arch": "mobilenet_v2", "width_mult": 0.25}, "steps": 3,
@@ -177,8 +178,10 @@ def test_few_labels_through_compress_run(fake_fashion: Path, tmp_path: Path):
 
     for cell in ("labels2.distill-baseline-s0", "labels2.distill-kd+unlabeled-s0"):
         history = json.loads((run / stages[cell]["artifacts"]["history"]["path"]).read_text())
-        assert len(history) == 2  # 20 labelled / 8 = 2 steps an epoch: 3 steps = 2 epochs
+        assert len(history) == 2  # 16 labelled / 8 = 2 steps an epoch: 3 steps = 2 epochs
+        assert 0.0 <= stages[cell]["metrics"]["val_top1"] <= 1.0  # the kept weights on val
     assert (run / "compare" / "labels.png").read_bytes()[:4] == b"\x89PNG"
+    assert "val_top1_mean" in (run / "compare" / "labels2" / "methods.md").read_text()
 
 
 def test_the_shipped_few_label_pipelines_validate_with_equal_budgets():
