@@ -171,8 +171,9 @@ def label_scope(count: int | str) -> str:
 
 def label_cells(grid: GridConfig, stages: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
     """Each grid cell once per ``grid.labels`` entry (``labels100.distill-kd-s0``) with the
-    pipeline's data block and that many labels per class; with ``unlabeled: [.., true]`` a
-    method that has a teacher also gets ``<method>+unlabeled`` cells on data.unlabeled: rest.
+    template's data block (else the pipeline's) and that many labels per class; with
+    ``unlabeled: [.., true]`` a method that has a teacher also gets ``<method>+unlabeled``
+    cells on data.unlabeled: rest.
     Teacher stages are left as they are: they train once, on every label."""
     prefix = grid.template + "-"
     out = {name: stage for name, stage in stages.items() if not name.startswith(prefix)}
@@ -180,12 +181,13 @@ def label_cells(grid: GridConfig, stages: dict[str, Any], data: dict[str, Any]) 
     stages = dict(sorted(stages.items(), key=lambda kv: _seed_of(kv[0], prefix)))
     for count in grid.labels:
         scope = label_scope(count)
-        block = {k: v for k, v in data.items() if k not in ("labels_per_class", "unlabeled")}
-        if count != "all":
-            block["labels_per_class"] = count
         for name, stage in stages.items():
             if not name.startswith(prefix) or not isinstance(stage, dict):
                 continue
+            own = stage.get("data") or data  # the template's own block (val_split, ...) if any
+            block = {k: v for k, v in own.items() if k not in ("labels_per_class", "unlabeled")}
+            if count != "all":
+                block["labels_per_class"] = count
             label, _, seed = name[len(prefix) :].rpartition("-s")
             if False in grid.unlabeled or count == "all" or not _has_teacher(stage):
                 out[f"{scope}.{name}"] = {**stage, "data": block}

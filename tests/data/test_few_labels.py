@@ -87,6 +87,16 @@ def test_grid_labels_copy_the_cells_not_the_teacher():
     assert stages["labels5.distill-kd-s0"].data.train_subset == 256  # the pipeline's data block
 
 
+def test_grid_labels_keep_the_templates_own_data_block():
+    raw = few_label_grid(labels=[5], unlabeled=[False, True], seeds=[0])
+    raw["distill"]["data"] = {**raw["data"], "val_split": 0.2}  # the cells' validation split
+    stages = dict(parse_pipeline(raw).stage_items())
+    assert stages["teacher"].data is None  # the teacher trains on every image, no split
+    for cell in ("labels5.distill-kd-s0", "labels5.distill-kd+unlabeled-s0"):
+        data = stages[cell].data
+        assert (data.val_split, data.labels_per_class, data.train_subset) == (0.2, 5, 256)
+
+
 def test_grid_unlabeled_true_alone_keeps_the_cell_names_for_the_sweeps():
     raw = few_label_grid(labels=[5], unlabeled=[True], seeds=[0], temperatures=[2.0])
     stages = dict(parse_pipeline(raw).stage_items())
@@ -199,3 +209,18 @@ def test_the_shipped_few_label_pipelines_validate_with_equal_budgets():
     names = [n for n, _ in sweeps.stage_items()]
     assert {"teacher-resnet18", "teacher-resnet50", "labels100.distill-T8-s4",
             "labels100.distill-teacher-resnet50-s0"} <= set(names)  # fmt: skip
+
+
+def test_the_shipped_tuning_pipeline_holds_out_a_validation_split_from_the_labels():
+    from compress.config.load import load_pipeline
+    from tests.conftest import ROOT
+
+    stages = dict(load_pipeline(ROOT / "pipelines" / "tune_few_labels.yaml").stage_items())
+    assert stages["teacher"].data is None  # every training image, as in compare_few_labels
+    cells = {n: s for n, s in stages.items() if s.type == "distill"}
+    assert len(cells) == 8 * 3
+    for cell in cells.values():
+        assert (cell.data.labels_per_class, cell.data.val_split) == (500, 0.2)
+        assert (cell.data.unlabeled, cell.steps) == ("rest", 469)
+    assert cells["labels500.distill-fitnets-h10-s2"].method.hint_weight == 10
+    assert cells["labels500.distill-dkd-b2-s0"].method.beta == 2
