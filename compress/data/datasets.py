@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
 from PIL import Image, UnidentifiedImageError
 
 from compress.errors import DataError
@@ -115,6 +114,8 @@ def class_tree(folder: Path, classes: list[str] | None = None) -> ImageSource:
 
 def torchvision_download(name: str, root: Path) -> None:
     """Best-effort download; failure is not an error here, the caller reports what is missing."""
+    import torchvision.datasets  # here: importing torchvision costs seconds
+
     try:
         getattr(torchvision.datasets, name)(str(root), train=True, download=True)
         getattr(torchvision.datasets, name)(str(root), train=False, download=True)

@@ -13,8 +13,6 @@ from pathlib import Path
 from urllib.error import URLError
 from urllib.request import urlopen
 
-import torchvision
-
 from compress.data.datasets import data_home
 from compress.errors import DataError
 from compress.io import atomic_path
@@ -61,6 +59,8 @@ def fetchable() -> list[str]:
 
 def torchvision_fetcher(tv_name: str, manual: str) -> Callable[[Path, str | None], None]:
     def download(target: Path, source: str | None) -> None:
+        import torchvision.datasets  # here: it costs seconds, and most commands never fetch
+
         cls = getattr(torchvision.datasets, tv_name)
         try:
             for train in (True, False):

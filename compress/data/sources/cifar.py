@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
 
 from compress.data.datasets import (
     DatasetInfo,
@@ -24,6 +23,8 @@ from compress.registry import DATASETS
 def _cifar_loader(tv_name: str, folder_name: str) -> Callable:
     def load(root: Path | None, download: bool) -> tuple[ImageSource, ImageSource]:
         looked = candidates(root)
+        import torchvision.datasets  # here: importing torchvision costs seconds
+
         cls = getattr(torchvision.datasets, tv_name)
         for base in looked:
             if (base / folder_name).is_dir():
