@@ -210,8 +210,8 @@ def _non_finite(loss: torch.Tensor, cfg: TrainConfig, epoch: int, step: int, ckp
         return 1
     kept = f"last good checkpoint kept at {ckpt}" if ckpt.exists() else "no checkpoint yet"
     raise TrainingError(
-        f"loss became {loss.item()} at {where}; {kept}. Lower the learning rate, or set "
-        "nan_policy: skip to drop such batches."
+        f"loss became {loss.item()} at {where}; {kept}. Lower the learning rate, clip the "
+        "gradients (clip_grad_norm: 2.0), or set nan_policy: skip to drop such batches."
     )
 
 
