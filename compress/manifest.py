@@ -2,7 +2,12 @@
 
     {"pipeline": {...}, "versions": {...},
      "stages": {"<name>": {"type", "status", "config_hash", "inputs", "metrics",
-                           "artifacts": {"<key>": {"path", "sha256", "bytes"}}, "seconds", ...}}}
+                           "artifacts": {"<key>": {"path", "sha256", "bytes"}}, "seconds", ...}},
+     "shelved": {"<name>": {...}}}
+
+``stages`` describes the pipeline that last ran, in its order. ``shelved`` keeps the entries of
+stages that run left out (a narrower ``--set grid...``, a stage removed from the file), so a
+later run that has them again reuses them when their fingerprints still match.
 
 Paths are relative to the run directory, so a run directory can be moved or copied whole.
 """
@@ -49,6 +54,19 @@ class Manifest:
     @property
     def stages(self) -> dict[str, dict[str, Any]]:
         return self.data["stages"]
+
+    def focus(self, names: list[str]) -> None:
+        """Make ``stages`` hold exactly the pipeline's stages, in its order: entries of the
+        others go to ``shelved`` (their folders stay), and a shelved entry comes back when its
+        stage is in the pipeline again. Whether it is reused is still decided by its
+        fingerprint and artifacts."""
+        shelved = self.data.setdefault("shelved", {})
+        every = {**shelved, **self.stages}
+        self.data["stages"] = {n: every[n] for n in names if n in every}
+        kept = set(self.data["stages"])
+        self.data["shelved"] = {n: e for n, e in every.items() if n not in kept}
+        if not self.data["shelved"]:
+            del self.data["shelved"]
 
     def artifact_record(self, path: Path) -> dict[str, Any]:
         return {

@@ -65,14 +65,13 @@ def run_pipeline(
             "command": command,
         }
         manifest.data["versions"] = library_versions()
+        manifest.focus(names)
         again = set(names) if force else set(rerun or [])
         if pipeline.jobs > 1:
             run_in_parallel(pipeline, manifest, device, again)
         else:
             _run_in_order(pipeline, manifest, device, again)
-        # a stage removed from the pipeline no longer belongs in the manifest; the others in
-        # pipeline order, however they finished
-        manifest.data["stages"] = {n: manifest.stages[n] for n in names if n in manifest.stages}
+        manifest.focus(names)  # pipeline order, however the stages finished
         if main:
             manifest.save()
         return manifest

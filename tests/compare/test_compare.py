@@ -290,23 +290,31 @@ def write_imagefolder(root: Path) -> Path:
     return root
 
 
-def test_a_grid_over_two_datasets_through_compress_run(fake_fashion, tmp_path: Path):
-    """Fashion-MNIST-format data (random images) and a tiny 3-class image folder: each gets its
-    own teacher, its own cells and its own tables."""
-    shapes = write_imagefolder(tmp_path / "shapes")
-    pipeline = {
-        "name": "two_datasets",
-        "data": {"dataset": "fashion-mnist", "root": str(fake_fashion), "download": False,
+def fake_fashion_grid(name: str, root: Path, **grid) -> dict:
+    """A grid pipeline of tiny MobileNetV2s on the ``fake_fashion`` files, quick through the CLI."""
+    return {
+        "name": name,
+        "data": {"dataset": "fashion-mnist", "root": str(root), "download": False,
                  "image_size": 16, "channels": 1, "batch_size": 16},
         "teacher": {"model": {"arch": "mobilenet_v2", "width_mult": 0.25}, "epochs": 1,
                     "augment": "none"},
         "distill": {"student": {"arch": "mobilenet_v2", "width_mult": 0.25}, "epochs": 1,
                     "augment": "none", "method": "kd"},
-        "grid": {"seeds": [0], "methods": ["baseline", "kd"],
-                 "teachers": ["mobilenet_v2", {"label": "wide", "width_mult": 0.5}],
-                 "datasets": ["fashion-mnist",
-                              {"label": "shapes", "dataset": "imagefolder", "root": str(shapes)}]},
+        "grid": grid,
     }  # fmt: skip
+
+
+def test_a_grid_over_two_datasets_through_compress_run(fake_fashion, tmp_path: Path):
+    """Fashion-MNIST-format data (random images) and a tiny 3-class image folder: each gets its
+    own teacher, its own cells and its own tables."""
+    shapes = write_imagefolder(tmp_path / "shapes")
+    pipeline = fake_fashion_grid(
+        "two_datasets", fake_fashion,
+        seeds=[0], methods=["baseline", "kd"],
+        teachers=["mobilenet_v2", {"label": "wide", "width_mult": 0.5}],
+        datasets=["fashion-mnist",
+                  {"label": "shapes", "dataset": "imagefolder", "root": str(shapes)}],
+    )  # fmt: skip
     _, stages = run_pipeline_dict(pipeline, tmp_path)
     assert stages["shapes.distill-kd-s0"]["inputs"]["teacher"]["stage"] == "shapes.teacher"
     assert stages["shapes.teacher"]["metrics"]["test_images"] == 18  # 3 classes x 6
@@ -327,3 +335,24 @@ def test_a_grid_over_two_datasets_through_compress_run(fake_fashion, tmp_path: P
     assert wide_cell["teacher"] == "shapes.teacher-wide"
     assert wide_cell["top1"] == stages["shapes.distill-teacher-wide-s0"]["metrics"]["top1"]
     assert wide_cell["host"]["cores"] >= 1 and "cpu" in wide_cell["host"]
+
+
+def test_a_narrower_grid_shelves_the_other_cells_and_the_full_grid_reuses_them(
+    fake_fashion, tmp_path: Path
+):
+    """A grid run in parts (``--set grid.seeds=[0]``, then the whole file) does not re-train
+    what an earlier, wider run finished: the left-out cells wait in ``shelved``."""
+    pipeline = fake_fashion_grid("parts", fake_fashion, seeds=[0, 1], methods=["baseline"])
+    _, wide = run_pipeline_dict(pipeline, tmp_path)
+    pipeline["grid"]["seeds"] = [0]
+    _, narrow = run_pipeline_dict(pipeline, tmp_path)
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert list(narrow) == ["teacher", "distill-baseline-s0"]
+    assert list(manifest["shelved"]) == ["distill-baseline-s1"]
+    with open(tmp_path / "run" / "compare" / "methods.csv") as f:
+        assert [row["seeds"] for row in csv.DictReader(f) if row["method"] == "baseline"] == ["1"]
+    pipeline["grid"]["seeds"] = [0, 1]
+    out, again = run_pipeline_dict(pipeline, tmp_path)
+    assert "distill-baseline-s1: unchanged, skipped" in out
+    assert again["distill-baseline-s1"] == wide["distill-baseline-s1"]
+    assert "shelved" not in json.loads((tmp_path / "run" / "manifest.json").read_text())
