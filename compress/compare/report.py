@@ -179,6 +179,8 @@ def teacher_table(manifest: Manifest, dataset: str | None = None) -> list[dict[s
         rows.append({"teacher": label,
                      "arch": config[teacher_name]["model"]["arch"],
                      "teacher_params": metrics.get("params"), "teacher_top1": metrics.get("top1"),
+                     "teacher_epochs": metrics.get("epochs"),
+                     "teacher_train_loss": metrics.get("train_loss"),
                      "top1_mean": mean, "top1_std": std, "seeds": n,
                      "gain_vs_baseline": None if baseline is None else mean - baseline,
                      })  # fmt: skip

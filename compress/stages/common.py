@@ -59,6 +59,8 @@ def finish_model(
     if history:
         metrics["epochs"] = len(history)
         metrics["train_seconds"] = round(sum(h["seconds"] for h in history), 2)
+        if "loss" in history[-1]:  # near its floor or still falling: did training converge?
+            metrics["train_loss"] = round(float(history[-1]["loss"]), 4)
     if data.skipped:  # data.skip_corrupt left these files out of every split
         metrics["corrupt_images_skipped"] = len(data.skipped)
         metrics["corrupt_images"] = data.skipped[:20]

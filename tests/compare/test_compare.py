@@ -114,6 +114,7 @@ def test_teacher_table_pairs_each_teacher_with_its_students(tmp_path: Path, monk
     config = parse_pipeline(raw).model_dump(mode="json")
     stages = {"teacher": done("teacher", 0.90, 11_000_000),
               "teacher-resnet34": done("teacher", 0.92, 21_000_000)}  # fmt: skip
+    stages["teacher-resnet34"]["metrics"].update(epochs=4, train_loss=0.125)
     accuracies = {"baseline": 0.80, "kd": 0.85, "teacher-resnet18": 0.85, "teacher-resnet34": 0.86}
     for label, top1 in accuracies.items():
         for seed in (0, 1):
@@ -124,9 +125,14 @@ def test_teacher_table_pairs_each_teacher_with_its_students(tmp_path: Path, monk
         ("resnet18", "resnet18", 0.90), ("resnet34", "resnet34", 0.92)]  # fmt: skip
     assert [r["top1_mean"] for r in rows] == pytest.approx([0.855, 0.865])
     assert [r["gain_vs_baseline"] for r in rows] == pytest.approx([0.05, 0.06])
+    assert [(r["teacher_epochs"], r["teacher_train_loss"]) for r in rows] == [
+        (None, None),
+        (4, 0.125),
+    ]
     assert [r["method"] for r in methods_table(manifest)] == ["teacher", "kd", "baseline"]
     written = {p.name for p in write_compare_report(manifest)}
     assert {"teachers.md", "teachers.csv", "teachers.png"} <= written
+    assert "| 4 | 0.125 |" in (tmp_path / "compare" / "teachers.md").read_text()
 
 
 def test_teacher_table_takes_the_pipelines_teacher_from_the_matching_method_cell(tmp_path: Path):

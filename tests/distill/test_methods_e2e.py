@@ -56,6 +56,7 @@ def test_every_method_runs_through_the_cli(cli, tmp_path: Path):
         assert entry["metrics"]["test_images"] == 128 and entry["metrics"]["epochs"] == 1
         history = json.loads((tmp_path / "run" / entry["artifacts"]["history"]["path"]).read_text())
         assert len(history) == 1 and math.isfinite(history[0]["loss"]), name
+        assert entry["metrics"]["train_loss"] == round(history[-1]["loss"], 4), name
         # the recorded top-1 is the saved student's, measured again here on the same test split
         model, _, meta = load_model(tmp_path / "run" / entry["artifacts"]["model"]["path"])
         top1 = evaluate(model, data, data.test, torch.device("cpu"))["top1"]
