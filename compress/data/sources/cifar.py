@@ -23,9 +23,6 @@ from compress.registry import DATASETS
 def _cifar_loader(tv_name: str, folder_name: str) -> Callable:
     def load(root: Path | None, download: bool) -> tuple[ImageSource, ImageSource]:
         looked = candidates(root)
-        import torchvision.datasets  # here: importing torchvision costs seconds
-
-        cls = getattr(torchvision.datasets, tv_name)
         for base in looked:
             if (base / folder_name).is_dir():
                 break
@@ -33,6 +30,9 @@ def _cifar_loader(tv_name: str, folder_name: str) -> Callable:
             base = root or data_home()
             if not download:
                 raise missing(tv_name.lower(), looked, DATASETS.get(tv_name.lower()).how_to_get)
+        import torchvision.datasets  # here, once data is there: importing it costs seconds
+
+        cls = getattr(torchvision.datasets, tv_name)
         splits = []
         for train in (True, False):
             try:
