@@ -275,13 +275,16 @@ def write_compare_report(manifest: Manifest) -> list[Path]:
 
 
 def cells_record(manifest: Manifest) -> dict[str, Any]:
-    """Every finished stage's top-1, teacher, seconds and the host (CPU, ISA, threads) it ran
-    on, with the command and versions: the raw numbers behind the tables, to publish with them."""
+    """Every finished stage's top-1 (and val_top1, train_loss where recorded), teacher, seconds
+    and the host (CPU, ISA, threads) it ran on, with the command and versions: the raw numbers
+    behind the tables, to publish with them."""
     stages = {}
     for name, entry in manifest.stages.items():
         if entry.get("status") != "done":
             continue
-        record = {"type": entry["type"], "top1": entry.get("metrics", {}).get("top1")}
+        metrics = entry.get("metrics", {})
+        record = {"type": entry["type"], "top1": metrics.get("top1")}
+        record.update({k: metrics[k] for k in ("val_top1", "train_loss") if k in metrics})
         teacher = entry.get("inputs", {}).get("teacher", {}).get("stage")
         if teacher:
             record["teacher"] = teacher

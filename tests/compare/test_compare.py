@@ -199,6 +199,9 @@ def test_methods_table_reports_validation_accuracy_when_cells_have_a_split(
     table = (tmp_path / "compare" / "methods.md").read_text()
     assert "| val_top1_mean | val_top1_std |" in table  # though the teacher row comes first
     assert "| 72.00% | ±2.83 |" in table
+    cells = json.loads((tmp_path / "compare" / "cells.json").read_text())["stages"]
+    assert cells["distill-kd-s1"]["val_top1"] == 0.74
+    assert "val_top1" not in cells["distill-baseline-s0"]
 
 
 def test_sweeps_include_the_matching_method_cell(tmp_path: Path):
@@ -341,6 +344,8 @@ def test_a_grid_over_two_datasets_through_compress_run(fake_fashion, tmp_path: P
     assert wide_cell["teacher"] == "shapes.teacher-wide"
     assert wide_cell["top1"] == stages["shapes.distill-teacher-wide-s0"]["metrics"]["top1"]
     assert wide_cell["host"]["cores"] >= 1 and "cpu" in wide_cell["host"]
+    assert wide_cell["train_loss"] == stages["shapes.distill-teacher-wide-s0"]["metrics"][
+        "train_loss"]  # fmt: skip
 
 
 def test_a_narrower_grid_shelves_the_other_cells_and_the_full_grid_reuses_them(
