@@ -384,10 +384,26 @@ def _plots(out_dir: Path, methods, temperature, alpha, teachers) -> list[Path]:
         names = [r["method"] for r in methods]
         colors = ["#888" if n == "teacher" else "#3b75af" for n in names]
         means, stds = _pct(methods, "top1_mean"), _pct(methods, "top1_std")
-        ax.bar(names, means, yerr=stds, capsize=4, color=colors)
+        tuned = [r for r in methods if r.get("val_top1_mean") is not None]
+        width = 0.4 if tuned else 0.8  # validation bars beside the test bars: choose on those
+        xs = range(len(names))
+        ax.bar([x - width / 2 * bool(tuned) for x in xs], means, width, yerr=stds, capsize=4,
+               color=colors)  # fmt: skip
+        if tuned:
+            from matplotlib.patches import Patch
+
+            at = [names.index(r["method"]) + width / 2 for r in tuned]
+            val_means, val_stds = _pct(tuned, "val_top1_mean"), _pct(tuned, "val_top1_std")
+            ax.bar(at, val_means, width, yerr=val_stds, capsize=4, color="#9cc3e4", hatch="//")
+            ax.legend(handles=[Patch(color="#3b75af", label="test split (report)"),
+                               Patch(facecolor="#9cc3e4", hatch="//",
+                                     label="validation split (choose on this)")],
+                      loc="upper right")  # fmt: skip
+            means, stds = means + val_means, stds + val_stds
+        ax.set_xticks(list(xs), names)
         low = min(m - s for m, s in zip(means, stds, strict=True))
         ax.set_ylim(max(0.0, low - 2), min(100.0, max(means) + 1.5))
-        ax.set_ylabel("test top-1 (%), mean ± std over seeds")
+        ax.set_ylabel("top-1 (%), mean ± std over seeds")
         ax.set_title("Distillation methods")
         plt.setp(ax.get_xticklabels(), rotation=35, ha="right", rotation_mode="anchor")
         fig.tight_layout()
