@@ -13,11 +13,11 @@ from tests.conftest import requires_fashion, tiny_pipeline
 
 E2E = {
     "name": "e2e",
-    "data": {"dataset": "fashion-mnist", "train_subset": 3000, "test_subset": 1000,
+    "data": {"dataset": "fashion-mnist", "train_subset": 2000, "test_subset": 1000,
              "batch_size": 64},
     "teacher": {"model": {"arch": "resnet34", "stem": "compact"}, "epochs": 1, "lr": 0.05,
                 "augment": "none"},
-    "distill": {"student": {"arch": "mobilenet_v2", "width_mult": 0.5}, "epochs": 3, "lr": 0.05,
+    "distill": {"student": {"arch": "mobilenet_v2", "width_mult": 0.5}, "epochs": 2, "lr": 0.05,
                 "method": {"name": "kd", "temperature": 4.0, "alpha": 0.5}, "augment": "none"},
     "export": {"parity_images": 500},
     "bench": {"batch_sizes": [1, 8], "min_iterations": 20, "min_seconds": 0.1,

@@ -25,7 +25,7 @@ PIPELINE = {
              "image_size": 16, "batch_size": 32},
     "teacher": {"model": {"arch": "resnet18", "stem": "compact"}, "epochs": 1, "lr": 0.05,
                 "augment": "none"},
-    "distill": {"student": {"arch": "mobilenet_v2", "width_mult": 0.25}, "epochs": 3,
+    "distill": {"student": {"arch": "mobilenet_v2", "width_mult": 0.25}, "epochs": 2,
                 "lr": 0.05, "augment": "standard", "checkpoint_every_steps": 4,
                 "method": {"name": "kd", "temperature": 4.0, "alpha": 0.5}},
 }  # fmt: skip
@@ -34,7 +34,7 @@ QAT_PIPELINE = {
     **PIPELINE,
     "name": "resume_qat",
     "distill": {**PIPELINE["distill"], "epochs": 1, "checkpoint_every_steps": None},
-    "qat": {"epochs": 3, "lr": 0.01, "augment": "standard", "checkpoint_every_steps": 4,
+    "qat": {"epochs": 2, "lr": 0.01, "augment": "standard", "checkpoint_every_steps": 4,
             "calibration_images": 128, "method": {"name": "kd", "temperature": 4.0}},
 }  # fmt: skip
 
