@@ -6,14 +6,15 @@ import os
 import shlex
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
+from typer.core import TyperCommand
 
 from compress.bench.timing import TimingPlan
-from compress.data.fetch import fetchable
 from compress.errors import CompressError, Terminated
 from compress.registry import BACKENDS
 from compress.ui import console
@@ -28,6 +29,34 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _fetchable() -> list[str]:
+    from compress.data.fetch import fetchable
+
+    return fetchable()
+
+
+# placeholders in parameter help, and the registry names that replace them
+HELP_NAMES: dict[str, Callable[[], str]] = {
+    "{backends}": lambda: " | ".join(BACKENDS.names()),
+    "{fetchable}": lambda: ", ".join(_fetchable()),
+}
+
+
+class NamesInHelp(TyperCommand):
+    """Fills HELP_NAMES' placeholders in its parameters' help only when the help is printed:
+    listing a registry imports its entries (onnx, torchvision), which every start of the
+    command line would otherwise pay, ``compress --help`` included."""
+
+    def format_help(self, ctx: typer.Context, formatter: object) -> None:  # type: ignore[override]
+        for param in self.params:
+            for key, names in HELP_NAMES.items():
+                text = getattr(param, "help", None)
+                if text and key in text:
+                    param.help = text.replace(key, names())  # type: ignore[attr-defined]
+        super().format_help(ctx, formatter)  # type: ignore[arg-type]
+
 
 SetOption = Annotated[
     list[str] | None,
@@ -113,14 +142,14 @@ def validate(
     console.print(f"[green]✓ {pipeline} is valid[/]: {stages}")
 
 
-@app.command()
+@app.command(cls=NamesInHelp)
 def bench(
     artifact: Annotated[
         Path | None, typer.Argument(help="An ONNX file (ours or anyone's), or a model.pt of ours.")
     ] = None,
     backend: Annotated[
         str | None,
-        typer.Option(help=f"{' | '.join(BACKENDS.names())}. Default: by file type."),
+        typer.Option(help="{backends}. Default: by file type."),
     ] = None,
     device: Annotated[str, typer.Option(help="cpu | cuda.")] = "cpu",
     dtype: Annotated[str, typer.Option(help="fp32 | fp16 | bf16 (torch backends).")] = "fp32",
@@ -434,9 +463,9 @@ RootOption = Annotated[
 ]
 
 
-@data_app.command("fetch")
+@data_app.command("fetch", cls=NamesInHelp)
 def data_fetch(
-    name: Annotated[str, typer.Argument(help=f"{', '.join(fetchable())}.")],
+    name: Annotated[str, typer.Argument(help="{fetchable}.")],
     root: RootOption = None,
     archive: Annotated[
         str | None,
@@ -464,7 +493,7 @@ def data_check(
     """What is present, images per split and class, and files that do not decode (exit 1)."""
     from compress.data.check import check_dataset, class_table, summary_table
 
-    names = [name] if name else fetchable()
+    names = [name] if name else _fetchable()
     checks = [check_dataset(n, root, decode) for n in names]
     console.print(summary_table(checks))
     for check in checks:

@@ -11,7 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 PERCENTILES = {"p50": 50, "p90": 90, "p95": 95, "p99": 99, "p99_9": 99.9}
 
@@ -53,6 +52,8 @@ def time_calls(fn: Callable[[], object], plan: TimingPlan) -> np.ndarray:
 def time_cuda_calls(fn: Callable[[], object], plan: TimingPlan) -> np.ndarray:
     """Like ``time_calls`` for work queued on a CUDA stream: each call is bracketed by CUDA events
     and synchronised, so the sample is GPU time of that call, not the launch time on the host."""
+    import torch  # here, not at the top: the CLI reads TimingPlan's defaults without loading torch
+
     warm = TimingPlan(plan.warmup_iterations, plan.warmup_seconds, 1, 0.0, plan.max_seconds)
     time_calls(lambda: (fn(), torch.cuda.synchronize()), warm)
     begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
