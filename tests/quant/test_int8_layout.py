@@ -10,33 +10,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from compress.export import qdq
 from compress.export.channel_pad import pad_depthwise_channels
 from compress.export.kernels import optimized_graph
-from compress.export.onnx import export_onnx, onnx_session
-from compress.models import ModelSpec
-from compress.quant.prepare import QuantSpec, calibrate, freeze_for_export, quantize_model
-from tests.quant.test_quant import SHAPE, exported, trained_bn
-
-WITHOUT_SPEED_PASSES = (qdq.quantize_gemm_biases, qdq.integer_hard_activations,
-                        qdq.global_average_pools)  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def mnv3(tmp_path_factory):
-    """A calibrated fake-quantized MobileNetV3-Small, exported with and without the passes."""
-    model = trained_bn(ModelSpec("torchvision:mobilenet_v3_small", 10, 1, stem="cifar"))
-    quantized = quantize_model(model, QuantSpec())
-    torch.manual_seed(1)
-    calibrate(quantized, (torch.randn(32, *SHAPE) for _ in range(4)), torch.device("cpu"))
-    folder = tmp_path_factory.mktemp("mnv3")
-    plain = folder / "plain.onnx"
-    export_onnx(freeze_for_export(quantized), plain, input_shape=SHAPE, opset=18,
-                dynamic_batch=True, metadata={}, graph_passes=WITHOUT_SPEED_PASSES)  # fmt: skip
-    return model, quantized, plain, exported(quantized, folder / "fast.onnx")
+from compress.export.onnx import onnx_session
+from tests.quant.test_quant import SHAPE
 
 
 def run(path, x: np.ndarray) -> np.ndarray:
@@ -50,16 +30,16 @@ def depthwise_widths(model: onnx.ModelProto | Path) -> list[int]:
             if a.name == "group" and a.i > 1]  # fmt: skip
 
 
-def test_depthwise_channels_become_whole_16s_without_changing_one_output(mnv3):
-    _, _, plain, fast = mnv3
+def test_depthwise_channels_become_whole_16s_without_changing_one_output(mnv3_int8):
+    plain, fast = mnv3_int8.plain, mnv3_int8.fast
     assert {72, 88, 120} <= set(depthwise_widths(plain))  # MobileNetV3's multiples of 8
     assert all(width % 16 == 0 for width in depthwise_widths(fast)), depthwise_widths(fast)
     x = np.random.default_rng(0).standard_normal((16, *SHAPE)).astype(np.float32)
     np.testing.assert_array_equal(run(fast, x), run(plain, x))  # zero channels: bit-exact
 
 
-def test_the_classifier_pool_stays_channels_last(mnv3):
-    _, _, plain, fast = mnv3
+def test_the_classifier_pool_stays_channels_last(mnv3_int8):
+    plain, fast = mnv3_int8.plain, mnv3_int8.fast
 
     def last_pool_layout(path) -> int:
         pools = [n for n in _layout_graph(path).node if n.op_type == "QLinearGlobalAveragePool"]
@@ -149,8 +129,8 @@ def test_a_stretch_that_reaches_a_reshape_is_left_alone():
     assert depthwise_widths(model) == [24]
 
 
-def test_runtime_graph_of_the_fast_file_is_all_integer(mnv3):
-    _, _, _, fast = mnv3
+def test_runtime_graph_of_the_fast_file_is_all_integer(mnv3_int8):
+    fast = mnv3_int8.fast
     ops = {n.op_type for n in optimized_graph(fast).node}
     assert not {"Conv", "Mul", "Add", "HardSigmoid", "ReduceMean"} & ops, ops
 

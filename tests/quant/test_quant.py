@@ -177,15 +177,11 @@ def test_untraceable_models_get_a_clear_error():
         quantize_model(Branchy(), QuantSpec())
 
 
-def test_mobilenet_v3_hardswish_se_and_pooling_run_integer(tmp_path):
+def test_mobilenet_v3_hardswish_se_and_pooling_run_integer(mnv3_int8):
     """The hardswish / SE-gate / ReduceMean islands that stayed float (MobileNetV3) become
     QLinearAdd/QLinearMul/QLinearGlobalAveragePool, and the file still agrees with the
     fake-quantized model."""
-    model = trained_bn(ModelSpec("torchvision:mobilenet_v3_small", 10, 1, stem="cifar"))
-    quantized = quantize_model(model, QuantSpec())
-    torch.manual_seed(1)
-    calibrate(quantized, (torch.randn(32, *SHAPE) for _ in range(4)), torch.device("cpu"))
-    path = exported(quantized, tmp_path / "mnv3.onnx")
+    quantized, path = mnv3_int8.quantized, mnv3_int8.fast
     graph = onnx.load(str(path)).graph
     assert not {"HardSwish", "HardSigmoid", "ReduceMean"} & {n.op_type for n in graph.node}
     ops = runtime_ops(path)
