@@ -34,6 +34,7 @@ StepLoss = Callable[
     tuple[torch.Tensor, torch.Tensor],
 ]
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+STATS_EVERY_S = 0.5  # how often the progress bar's loss / accuracy are read off the device
 
 
 @dataclass
@@ -109,6 +110,13 @@ def fit(
             if saved:
                 run = saved if rank == 0 else {**run, "seconds": saved["seconds"]}
             started = time.perf_counter() - run["seconds"]
+            # the epoch's running correct count and loss sum live on the device, read when shown
+            # or saved: a read every step would stall a GPU on the host every step (the finite
+            # check is the one read left). Continued from the saved sums after a resume, so a
+            # resumed epoch adds in the same order as an uninterrupted one.
+            sums = torch.tensor([run["correct"], run["loss_sum"]], dtype=torch.float64,
+                                device=device)  # fmt: skip
+            shown_at = 0.0
             batches = data.train_batches(epoch, batch_size, augment, skip, seed, rank, world,
                                          unlabeled=unlabeled_batch)  # fmt: skip
             for step, (x, y, rows) in enumerate(batches, start=skip):
@@ -116,8 +124,9 @@ def fit(
                 if global_step >= last_step:  # ``steps`` ends the last epoch part-way
                     break
                 set_lr(optimizer, peak_lr * lr_factor(global_step, cfg, steps_per_epoch))
-                x = x.to(device).contiguous(memory_format=fmt)
-                y = y.to(device)
+                labelled = int((y >= 0).sum())  # on the host, before the copy
+                x = x.to(device, non_blocking=True).contiguous(memory_format=fmt)
+                y = y.to(device, non_blocking=True)
                 with torch.autocast(device.type, AUTOCAST.get(cfg.precision),
                                     enabled=cfg.precision != "fp32"):  # fmt: skip
                     logits, loss = step_loss(net, loss_net, x, y, rows)
@@ -137,24 +146,26 @@ def fit(
                 scaler.step(optimizer)
                 scaler.update()
 
-                labelled = int((y >= 0).sum())
                 run["seen"] += labelled
-                run["correct"] += (logits.detach().argmax(1) == y).sum().item()
-                run["loss_sum"] += loss.item() * labelled
+                sums[0] += (logits.detach().argmax(1) == y).sum()
+                sums[1] += loss.detach().double() * labelled
                 run["seconds"] = time.perf_counter() - started
-                rate = run["seen"] * world / max(1e-9, run["seconds"])
-                stats = (
-                    f"ep {epoch + 1}/{epochs} loss {run['loss_sum'] / run['seen']:.3f} "
-                    f"acc {run['correct'] / run['seen']:.3f} {rate:,.0f} img/s"
-                )
-                bars.update(task, advance=1, stats=stats)
+                if run["seconds"] - shown_at >= STATS_EVERY_S:
+                    _read(run, sums)
+                    shown_at = run["seconds"]
+                    bars.update(task, stats=_stats(run, epoch, epochs, world))
+                bars.update(task, advance=1)
                 if writer and global_step % 10 == 0:
                     writer.add_scalar("train/loss", loss.item(), global_step)
                     writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], global_step)
                 every = cfg.checkpoint_every_steps
                 if every and (step + 1) % every == 0 and step + 1 < steps_per_epoch:
+                    _read(run, sums)
                     save(epoch, step + 1, result.history, best, _summed(run))
 
+            _read(run, sums)
+            if run["seen"]:
+                bars.update(task, stats=_stats(run, epoch, epochs, world))
             total = _summed(run)
             seconds = time.perf_counter() - started
             record = {
@@ -186,6 +197,20 @@ def fit(
         model.load_state_dict(best["state_dict"])
         console.print(f"  kept epoch {best['epoch']} (best val top1 {best['top1']:.4f})")
     return result
+
+
+def _read(run: dict[str, float], sums: torch.Tensor) -> None:
+    """Copy the device-side correct count and loss sum into ``run`` (one host read)."""
+    correct, run["loss_sum"] = sums.tolist()
+    run["correct"] = int(correct)
+
+
+def _stats(run: dict[str, float], epoch: int, epochs: int, world: int) -> str:
+    rate = run["seen"] * world / max(1e-9, run["seconds"])
+    return (
+        f"ep {epoch + 1}/{epochs} loss {run['loss_sum'] / run['seen']:.3f} "
+        f"acc {run['correct'] / run['seen']:.3f} {rate:,.0f} img/s"
+    )
 
 
 def _finite_everywhere(loss: torch.Tensor, world: int) -> bool:

@@ -125,3 +125,41 @@ def test_clip_grad_norm_bounds_the_student_and_the_companion_separately(
 
     assert moved(before, model.parameters()) == pytest.approx(lr * clip, rel=1e-3)
     assert moved(before_companion, companion.parameters()) == pytest.approx(lr * clip, rel=1e-3)
+
+
+def test_running_loss_and_accuracy_stay_on_the_device_until_read(
+    fake_fashion: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """One host read per step (the finite check), not three: on a GPU each read stalls the
+    step. The epoch's loss and accuracy still come out as the per-step sums say."""
+    import compress.train.loop as loop
+
+    monkeypatch.setattr(loop, "STATS_EVERY_S", 1e9, raising=False)  # no read for the bar
+    data, model = tiny_setup(fake_fashion)
+    seen: list[tuple[float, int, int]] = []
+
+    def step_loss(net, _, x, y, rows):
+        logits = net(x)
+        loss = F.cross_entropy(logits, y)
+        correct = int((logits.argmax(1) == y).sum())
+        seen.append((float(loss), correct, len(y)))
+        return logits, loss
+
+    reads = {"n": 0}
+    item = torch.Tensor.item
+
+    def counted_item(self):
+        reads["n"] += 1
+        return item(self)
+
+    monkeypatch.setattr(torch.Tensor, "item", counted_item)
+    cfg = TrainConfig(epochs=1, lr=0.05)
+    result = fit(model, step_loss, data, cfg, device=torch.device("cpu"),
+                 checkpoint=tmp_path / "e.pt", fingerprint="fp", label="t",
+                 augment="none")  # fmt: skip
+    monkeypatch.undo()
+    assert reads["n"] == len(seen)
+    images = sum(n for *_, n in seen)
+    record = result.history[-1]
+    assert record["loss"] == pytest.approx(sum(v * n for v, _, n in seen) / images, rel=1e-12)
+    assert record["train_top1"] == sum(c for _, c, _ in seen) / images
