@@ -35,6 +35,21 @@ def cli():
     return run_cli
 
 
+@pytest.fixture
+def host_reads(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Counts ``Tensor.item()`` calls (host reads of a device value; on a GPU each one waits
+    for the queued work) from here to the end of the test: ``host_reads["n"]``."""
+    reads = {"n": 0}
+    item = torch.Tensor.item
+
+    def counted_item(self: torch.Tensor):
+        reads["n"] += 1
+        return item(self)
+
+    monkeypatch.setattr(torch.Tensor, "item", counted_item)
+    return reads
+
+
 def run_pipeline_dict(pipeline: dict, tmp_path: Path) -> tuple[str, dict]:
     """Write ``pipeline`` as YAML, ``compress run`` it into tmp_path/run; asserts it succeeded.
 

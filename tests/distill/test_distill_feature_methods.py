@@ -216,3 +216,16 @@ def test_dkd_warmup_ramps_the_kd_terms_linearly():
     full = spec.build(spec.params(ce_weight=0.0))(LOGITS_S, LOGITS_T, LABELS).item()
     ramp = [loss_fn(LOGITS_S, LOGITS_T, LABELS).item() / full for _ in range(6)]
     assert ramp == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0, 1.0])
+
+
+@pytest.mark.parametrize("name", ["kd", "dkd"])
+def test_kd_and_dkd_read_nothing_off_the_device_per_step(name, request):
+    """Their step counters stay on the device (a read per step would wait for the GPU): kd
+    reads it only for a temperature schedule, dkd's warm-up ramp is computed there."""
+    spec = METHODS.get(name)
+    loss_fn = spec.build(spec.params(**({"warmup_steps": 4} if name == "dkd" else {})))
+    loss_fn.plan(8)
+    reads = request.getfixturevalue("host_reads")  # counts from here on
+    for _ in range(3):
+        loss_fn(LOGITS_S, LOGITS_T, LABELS)
+    assert reads["n"] == 0

@@ -128,7 +128,7 @@ def test_clip_grad_norm_bounds_the_student_and_the_companion_separately(
 
 
 def test_running_loss_and_accuracy_stay_on_the_device_until_read(
-    fake_fashion: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fake_fashion: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request
 ):
     """One host read per step (the finite check), not three: on a GPU each read stalls the
     step. The epoch's loss and accuracy still come out as the per-step sums say."""
@@ -145,19 +145,11 @@ def test_running_loss_and_accuracy_stay_on_the_device_until_read(
         seen.append((float(loss), correct, len(y)))
         return logits, loss
 
-    reads = {"n": 0}
-    item = torch.Tensor.item
-
-    def counted_item(self):
-        reads["n"] += 1
-        return item(self)
-
-    monkeypatch.setattr(torch.Tensor, "item", counted_item)
+    reads = request.getfixturevalue("host_reads")  # counts from here on
     cfg = TrainConfig(epochs=1, lr=0.05)
     result = fit(model, step_loss, data, cfg, device=torch.device("cpu"),
                  checkpoint=tmp_path / "e.pt", fingerprint="fp", label="t",
                  augment="none")  # fmt: skip
-    monkeypatch.undo()
     assert reads["n"] == len(seen)
     images = sum(n for *_, n in seen)
     record = result.history[-1]

@@ -76,7 +76,8 @@ class DKDLoss(DistillLoss):
     def forward(self, student, teacher, labels, features: Features | None = None):
         p = self.params
         warmup = p.warmup_steps if p.warmup_steps is not None else round(self.total_steps / 12)
-        ramp = min(1.0, (self.steps.item() + 1) / warmup) if warmup else 1.0
+        # computed on the device (a host read every step would wait for the GPU)
+        ramp = ((self.steps + 1).double() / warmup).clamp(max=1.0).float() if warmup else 1.0
         if self.training:
             self.steps += 1
         ce = hard_label_ce(student, labels, p.label_smoothing)

@@ -101,7 +101,9 @@ class KDLoss(DistillLoss):
         p = self.params
         if p.temperature_schedule != "constant":
             assert self.total_steps > 0, "a temperature schedule needs plan(total_steps)"
-        temperature = p.temperature_at(self.steps.item(), self.total_steps)
+        # the step is read off the device only for a schedule: a read waits for the GPU
+        step = self.steps.item() if p.temperature_schedule != "constant" else 0
+        temperature = p.temperature_at(step, self.total_steps)
         if self.training:
             self.steps += 1
         ce = hard_label_ce(student, labels, p.label_smoothing)
