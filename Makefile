@@ -41,7 +41,7 @@ lint: setup
 	$(BIN)/hadolint docker/Dockerfile.cpu docker/Dockerfile.gpu
 
 test: setup data lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n auto --dist loadfile  # one worker per core; a file's tests share a worker
 
 format: setup
 	$(BIN)/ruff format compress tests benchmarks

@@ -14,7 +14,12 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# `make test` runs pytest-xdist workers, one per core: each worker, and every CLI process its
+# tests start (they inherit OMP_NUM_THREADS), takes its share of the cores, not all of them
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, min(2, (os.cpu_count() or 1) // WORKERS))
+os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
+torch.set_num_threads(THREADS)
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
