@@ -42,28 +42,37 @@ def export_onnx(
     model = model.eval().cpu().to(memory_format=torch.contiguous_format)
     example = (torch.randn(2, *input_shape),)
     dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
+    with warnings.catch_warnings(), _quiet_exporter():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            model,
+            example,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            opset_version=opset,
+            dynamo=True,
+            dynamic_shapes=dynamic_shapes,
+            optimize=True,
+            verbose=False,
+        )
+    proto = program.model_proto
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
+    proto.producer_name = "compress"
+    write_onnx(proto, path, graph_passes)
+
+
+def write_onnx(
+    proto: onnx.ModelProto, path: Path, graph_passes: Sequence[Callable[[Any], Any]] = ()
+) -> None:
+    """Apply ``graph_passes`` to ``proto`` in place, check it, and write it to ``path``
+    atomically: the last step of every export, also for a graph traced once and written with
+    several sets of passes."""
+    for graph_pass in graph_passes:
+        graph_pass(proto)
+    onnx.checker.check_model(proto, full_check=True)
     with atomic_path(path) as tmp:
-        with warnings.catch_warnings(), _quiet_exporter():
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(
-                model,
-                example,
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                opset_version=opset,
-                dynamo=True,
-                dynamic_shapes=dynamic_shapes,
-                optimize=True,
-                verbose=False,
-            )
-        proto = program.model_proto
-        for key, value in metadata.items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
-        proto.producer_name = "compress"
-        for graph_pass in graph_passes:
-            graph_pass(proto)
-        onnx.checker.check_model(proto, full_check=True)
         onnx.save_model(proto, str(tmp))
 
 

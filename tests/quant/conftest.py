@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from compress.export import qdq
-from compress.export.onnx import export_onnx
+from compress.export.onnx import export_onnx, write_onnx
 from compress.models import ModelSpec
 from compress.quant.prepare import QuantSpec, calibrate, freeze_for_export, quantize_model
 from tests.quant.test_quant import SHAPE, trained_bn
@@ -30,12 +30,8 @@ class Mnv3Int8(NamedTuple):
 
 
 def with_passes(traced: Path, passes: Sequence[Callable[[Any], Any]], path: Path) -> Path:
-    """``traced`` with ``passes`` applied, as export_onnx would have written it with them."""
-    proto = onnx.load(str(traced))
-    for graph_pass in passes:
-        graph_pass(proto)
-    onnx.checker.check_model(proto, full_check=True)
-    onnx.save_model(proto, str(path))
+    """``traced`` with ``passes`` applied, written as export_onnx writes (write_onnx)."""
+    write_onnx(onnx.load(str(traced)), path, passes)
     return path
 
 

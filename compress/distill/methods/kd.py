@@ -99,10 +99,10 @@ class KDLoss(DistillLoss):
     ) -> torch.Tensor:
         assert teacher is not None, "kd needs teacher logits"
         p = self.params
+        step = 0
         if p.temperature_schedule != "constant":
             assert self.total_steps > 0, "a temperature schedule needs plan(total_steps)"
-        # the step is read off the device only for a schedule: a read waits for the GPU
-        step = self.steps.item() if p.temperature_schedule != "constant" else 0
+            step = self.steps.item()  # a host read (it waits for the GPU): schedules only
         temperature = p.temperature_at(step, self.total_steps)
         if self.training:
             self.steps += 1
