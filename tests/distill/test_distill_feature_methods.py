@@ -218,14 +218,18 @@ def test_dkd_warmup_ramps_the_kd_terms_linearly():
     assert ramp == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0, 1.0])
 
 
-@pytest.mark.parametrize("name", ["kd", "dkd"])
-def test_kd_and_dkd_read_nothing_off_the_device_per_step(name, request):
+@pytest.mark.parametrize("name", ["kd", "dkd", "mutual", "self"])
+def test_methods_with_step_counters_read_nothing_off_the_device_per_step(name, request):
     """Their step counters stay on the device (a read per step would wait for the GPU): kd
-    reads it only for a temperature schedule, dkd's warm-up ramp is computed there."""
+    reads it only for a temperature schedule; dkd's and mutual's ramps and self's EMA decay
+    are computed there."""
     spec = METHODS.get(name)
-    loss_fn = spec.build(spec.params(**({"warmup_steps": 4} if name == "dkd" else {})))
+    params = {"dkd": {"warmup_steps": 4}, "mutual": {"warmup": 0.5}}.get(name, {})
+    student = nn.Linear(4, LOGITS_S.shape[1])
+    loss_fn = spec.build(spec.params(**params), None, student)
     loss_fn.plan(8)
+    inputs = torch.randn(len(LABELS), 4)
     reads = request.getfixturevalue("host_reads")  # counts from here on
     for _ in range(3):
-        loss_fn(LOGITS_S, LOGITS_T, LABELS)
+        loss_fn(student(inputs), LOGITS_T, LABELS, Features(inputs=inputs))
     assert reads["n"] == 0

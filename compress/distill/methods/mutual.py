@@ -92,10 +92,14 @@ class MutualLoss(DistillLoss):
         self.peers = nn.ModuleList(fresh_copy(student, base + 1 + i) for i in range(params.peers))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
 
-    def mimicry_weight(self) -> float:
-        """Weight of the KL terms at the current step: (step + 1) / ramp steps, at most 1."""
+    def mimicry_weight(self) -> torch.Tensor | float:
+        """Weight of the KL terms at the current step: (step + 1) / ramp steps, at most 1.
+
+        Computed on the device: a host read of the step every step would wait for the GPU."""
         ramp_steps = round(self.params.warmup * self.total_steps)
-        return min(1.0, (self.steps.item() + 1) / ramp_steps) if ramp_steps > 0 else 1.0
+        if ramp_steps <= 0:
+            return 1.0
+        return ((self.steps + 1).double() / ramp_steps).clamp(max=1.0).float()
 
     def forward(self, student, teacher, labels, features: Features | None = None):
         p = self.params

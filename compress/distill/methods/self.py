@@ -53,9 +53,11 @@ class SelfLoss(DistillLoss):
     @torch.no_grad()
     def update_ema(self) -> None:
         student = self._student[0]
-        decay = min(self.params.decay, (1.0 + self.updates.item()) / (10.0 + self.updates.item()))
+        # d_t on the device: a host read of the counter every step would wait for the GPU
+        updates = self.updates.double()
+        decay = ((1.0 + updates) / (10.0 + updates)).clamp(max=self.params.decay)
         for ema, live in zip(self.ema.parameters(), student.parameters(), strict=True):
-            ema.mul_(decay).add_(live.detach(), alpha=1.0 - decay)
+            ema.lerp_(live.detach(), (1.0 - decay).to(ema.dtype))  # d * ema + (1 - d) * live
         for ema, live in zip(self.ema.buffers(), student.buffers(), strict=True):
             ema.copy_(live)
         self.updates += 1
