@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from compress.bench.backends import BackendOptions, load_runner
 from compress.bench.timing import TimingPlan
 from compress.models import ModelSpec, build_model, save_model
+from compress.train.loop import to_device
 
 pytestmark = [
     pytest.mark.gpu,
@@ -69,3 +70,18 @@ def test_cuda_bench_device_times_with_cuda_events_and_predicts_like_cpu(backend,
     times = cuda.time(batch, PLAN)
     assert len(times) >= PLAN.min_iterations and (times > 0).all()
     np.testing.assert_allclose(cuda.predict(batch), cpu.predict(batch), atol=1e-3)
+
+
+def test_training_batches_reach_the_gpu_through_pinned_memory_unchanged(monkeypatch):
+    pinned = []
+    original = torch.Tensor.pin_memory
+
+    def spy(self, *args, **kwargs):
+        pinned.append(self.shape)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", spy)
+    x = torch.randn(8, 1, 16, 16)
+    moved = to_device(x, torch.device("cuda"))
+    assert moved.device.type == "cuda" and pinned == [x.shape]
+    assert torch.equal(moved.cpu(), x)

@@ -125,8 +125,8 @@ def fit(
                     break
                 set_lr(optimizer, peak_lr * lr_factor(global_step, cfg, steps_per_epoch))
                 labelled = int((y >= 0).sum())  # on the host, before the copy
-                x = x.to(device, non_blocking=True).contiguous(memory_format=fmt)
-                y = y.to(device, non_blocking=True)
+                x = to_device(x, device).contiguous(memory_format=fmt)
+                y = to_device(y, device)
                 with torch.autocast(device.type, AUTOCAST.get(cfg.precision),
                                     enabled=cfg.precision != "fp32"):  # fmt: skip
                     logits, loss = step_loss(net, loss_net, x, y, rows)
@@ -197,6 +197,15 @@ def fit(
         model.load_state_dict(best["state_dict"])
         console.print(f"  kept epoch {best['epoch']} (best val top1 {best['top1']:.4f})")
     return result
+
+
+def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``batch`` on ``device``. For a GPU it is first copied to pinned (page-locked) host memory:
+    a copy from pageable memory blocks the host until the GPU has drained its queue, while one
+    from pinned memory is queued and the host goes on preparing the next batch."""
+    if device.type == "cuda":
+        batch = batch.pin_memory()
+    return batch.to(device, non_blocking=True)
 
 
 def _read(run: dict[str, float], sums: torch.Tensor) -> None:

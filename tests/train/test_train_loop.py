@@ -13,7 +13,7 @@ from compress.data.module import DataModule
 from compress.errors import CompressError, TrainingError
 from compress.io import load_torch
 from compress.models import ModelSpec, build_model
-from compress.train.loop import fit
+from compress.train.loop import fit, to_device
 
 
 def tiny_setup(root: Path):
@@ -155,3 +155,9 @@ def test_running_loss_and_accuracy_stay_on_the_device_until_read(
     record = result.history[-1]
     assert record["loss"] == pytest.approx(sum(v * n for v, _, n in seen) / images, rel=1e-12)
     assert record["train_top1"] == sum(c for _, c, _ in seen) / images
+
+
+def test_batches_on_the_cpu_are_not_pinned_or_copied():
+    """Pinning is for a GPU's copies; on the CPU the batch is used as it is."""
+    x = torch.randn(4, 3)
+    assert to_device(x, torch.device("cpu")) is x
