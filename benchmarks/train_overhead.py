@@ -3,7 +3,8 @@
     PYTHONPATH=. .venv/bin/python benchmarks/train_overhead.py [--steps 30] [--rounds 3]
 
 The quickstart's teacher (ResNet-34, compact stem, batch 256, CE) and distill stage
-(MobileNetV2, cifar stem, batch 128, kd T=4 alpha=0.5), batch sizes read from the pipeline, on
+(MobileNetV2, compact stem, batch 128, kd T=4 alpha=0.5, gradients clipped at norm 2), models,
+batch sizes and training settings read from the pipeline, on
 a fixed Fashion-MNIST subset of ``--steps`` batches of the larger batch size (the other stage
 makes proportionally more steps), with the pipeline's thread count (default: every core).
 Each round times, in turn:
@@ -80,7 +81,8 @@ def bare_loop(
     loss_of: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
 ) -> None:
     """The minimal loop: slice a batch, set the stage's learning rate for the step (the same
-    schedule, so both train the same network), forward, loss, backward, SGD step."""
+    schedule, so both train the same network), forward, loss, backward, the stage's gradient
+    clipping when it sets ``clip_grad_norm`` (part of the recipe, not of the tool), SGD step."""
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                           nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)  # fmt: skip
@@ -94,6 +96,8 @@ def bare_loop(
         loss = loss_of(model(x), y, rows)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if cfg.clip_grad_norm:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
         opt.step()
 
 
