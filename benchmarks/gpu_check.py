@@ -1,5 +1,6 @@
 """One prepared GPU check: the CUDA tests, the quickstart on cuda (fp32 vs bf16 + channels_last),
-``compress bench`` on cuda (eager and torch-compile) and the INT8 student on onnxruntime CPU.
+``compress bench`` on cuda (eager, torch-compile, CUDA graphs) and the INT8 student on
+onnxruntime CPU.
 
     PYTHONPATH=. python benchmarks/gpu_check.py [--out DIR] [--data-root DIR]
     PYTHONPATH=. python benchmarks/gpu_check.py --device cpu --tiny   # same code path, tiny, CPU
@@ -25,8 +26,8 @@ then one device call carrying ``.whl`` and ``data`` (about 8 minutes; timeout_s 
 
 Goals it reports (ratios from the same run): bf16 + channels_last training >= 2x fp32 eager
 images/s; student >= 3x the teacher's throughput at batch 256; p99/p50 <= 1.3 at batch 32 with
-torch-compile; bf16 top-1 within 0.5 point of fp32. TensorRT and onnxruntime-gpu are too large
-to carry there, so those backends stay unexecuted.
+torch-compile or CUDA graphs (torch-cudagraph); bf16 top-1 within 0.5 point of fp32. TensorRT
+and onnxruntime-gpu are too large to carry there, so those backends stay unexecuted.
 """
 
 from __future__ import annotations
@@ -175,15 +176,17 @@ def _rate(history: Path) -> float:
 
 
 def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    """``compress bench`` of the fp32 run's teacher and student, eager and torch-compile."""
+    """``compress bench`` of the fp32 run's teacher and student: eager, torch-compile and (on
+    cuda) eager replayed from CUDA graphs."""
     run_dir = work / "fp32"
     sizes = "1,4" if args.tiny else "1,32,256"
     plan = ["--min-iterations", "5" if args.tiny else "300", "--min-seconds",
             "0" if args.tiny else "1.0", "--warmup-seconds", "0" if args.tiny else "1.0",
             "--max-seconds", "20"]  # fmt: skip
     out: dict[str, Any] = {}
+    backends = bench_backends(args)
     for role, model in (("teacher", "teacher"), ("student", "distill")):
-        for backend in ("torch", "torch-compile"):
+        for backend in backends:
             figures = work / f"bench-{role}-{backend}.json"
             compress("bench", str(run_dir / model / "model.pt"), "--backend", backend,
                      "--device", args.device, "--batch-sizes", sizes, *plan,
@@ -193,12 +196,18 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 bs: {k: s[k] for k in ("p50", "p90", "p99", "throughput")}
                 for bs, s in latency.items()
             }
-    for backend in ("torch", "torch-compile"):
+    for backend in backends:
         teacher, student = out[f"teacher/{backend}"], out[f"student/{backend}"]
         out[f"student_speedup/{backend}"] = {
             bs: round(student[bs]["throughput"] / teacher[bs]["throughput"], 2) for bs in student
         }
     return out
+
+
+def bench_backends(args: argparse.Namespace) -> tuple[str, ...]:
+    """torch-cudagraph replays CUDA graphs: cuda only."""
+    cuda = ("torch-cudagraph",) if args.device == "cuda" else ()
+    return ("torch", "torch-compile", *cuda)
 
 
 def int8(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -238,15 +247,14 @@ def goals(report: dict[str, Any]) -> dict[str, Any]:
         out["bf16_minus_fp32_student_top1 (>= -0.005)"] = round(
             fast["student_top1"] - slow["student_top1"], 4
         )
-    for backend in ("torch", "torch-compile"):
+    for backend in ("torch", "torch-compile", "torch-cudagraph"):
         speed = b.get(f"student_speedup/{backend}", {})
         if "256" in speed:
             out[f"student_speedup_batch256/{backend} (>= 3)"] = speed["256"]
-    compiled = b.get("student/torch-compile", {}).get("32")
-    if compiled:
-        out["student_p99_over_p50_batch32/torch-compile (<= 1.3)"] = round(
-            compiled["p99"] / compiled["p50"], 2
-        )
+        if backend != "torch" and (timed := b.get(f"student/{backend}", {}).get("32")):
+            out[f"student_p99_over_p50_batch32/{backend} (<= 1.3)"] = round(
+                timed["p99"] / timed["p50"], 2
+            )
     return out
 
 

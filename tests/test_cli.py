@@ -24,7 +24,8 @@ E2E = {
                 "method": {"name": "kd", "temperature": 4.0, "alpha": 0.5}, "augment": "none"},
     "export": {"parity_images": 500},
     "bench": {"batch_sizes": [1, 8], "min_iterations": 20, "min_seconds": 0.1,
-              "warmup_iterations": 2, "warmup_seconds": 0.0},
+              "warmup_iterations": 2, "warmup_seconds": 0.0,
+              "backends": ["onnxruntime", "torch", "torch-cudagraph"]},  # the last: cuda only
 }  # fmt: skip
 
 
@@ -51,6 +52,7 @@ def test_quickstart_shaped_run_end_to_end(cli, tmp_path: Path):
     for backend in ("onnxruntime", "torch", "teacher_torch"):
         for key in ("mean", "p50", "p90", "p95", "p99", "throughput"):
             assert bench["latency_ms"][backend]["8"][key] > 0
+    assert "torch-cudagraph: runs on cuda only; add cuda to devices" in bench["skipped"]
     assert (run_dir / "teacher" / "tensorboard").is_dir()
     assert (run_dir / "summary.md").read_text().count("|") > 20
 

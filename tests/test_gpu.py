@@ -62,7 +62,7 @@ def model_file(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("backend", ["torch", "torch-compile"])
+@pytest.mark.parametrize("backend", ["torch", "torch-compile", "torch-cudagraph"])
 def test_cuda_bench_device_times_with_cuda_events_and_predicts_like_cpu(backend, model_file):
     batch = np.random.default_rng(0).standard_normal((4, 1, 16, 16)).astype(np.float32)
     cuda = load_runner(backend, model_file, BackendOptions(device="cuda"))
@@ -85,3 +85,13 @@ def test_training_batches_reach_the_gpu_through_pinned_memory_unchanged(monkeypa
     moved = to_device(x, torch.device("cuda"))
     assert moved.device.type == "cuda" and pinned == [x.shape]
     assert torch.equal(moved.cpu(), x)
+
+
+def test_cuda_graphs_replay_one_graph_per_batch_shape(model_file):
+    cuda = load_runner("torch-cudagraph", model_file, BackendOptions(device="cuda"))
+    cpu = load_runner("torch", model_file, BackendOptions(device="cpu"))
+    rng = np.random.default_rng(1)
+    for n in (2, 4, 2):  # the second batch of 2 replays the first graph with new inputs
+        batch = rng.standard_normal((n, 1, 16, 16)).astype(np.float32)
+        np.testing.assert_allclose(cuda.predict(batch), cpu.predict(batch), atol=1e-3)
+    assert sorted(cuda.call.graphs) == [(2, 1, 16, 16), (4, 1, 16, 16)]

@@ -33,8 +33,8 @@ class BenchConfig(StageConfig):
     backends: list[registered(BACKENDS)] = Field(  # type: ignore[valid-type]
         default_factory=lambda: ["onnxruntime", "torch"],
         description="onnxruntime runs the ONNX file (and its FP32 twin after ptq/qat); torch "
-        "(eager) and torch-compile run the model it was exported from; tensorrt the engine "
-        "(cuda devices only)",
+        "(eager), torch-compile and torch-cudagraph (cuda only) run the model it was exported "
+        "from; tensorrt the engine (cuda only)",
     )
     devices: list[Literal["cpu", "cuda"]] = Field(
         default_factory=lambda: ["cpu"],
@@ -191,7 +191,12 @@ def _targets(cfg: BenchConfig, ctx: StageContext) -> tuple[list[Target], list[st
             continue
         suffix = "" if device == "cpu" else f"-{device}"
         for backend in cfg.backends:
-            runs = BACKENDS.get(backend).runs
+            spec = BACKENDS.get(backend)
+            runs = spec.runs
+            if device not in spec.devices:
+                skipped.append(f"{backend}: runs on {' or '.join(spec.devices)} only; add "
+                               f"{spec.devices[0]} to devices")  # fmt: skip
+                continue
             if runs == "onnx":
                 targets.append(Target(backend + suffix, backend, device, onnx_input.path("onnx"),
                                       onnx_input.stage, "onnx"))  # fmt: skip
@@ -200,9 +205,7 @@ def _targets(cfg: BenchConfig, ctx: StageContext) -> tuple[list[Target], list[st
                                           onnx_input.path("onnx_fp32"), onnx_input.stage,
                                           "onnx_fp32"))  # fmt: skip
             elif runs == "engine":
-                if device != "cuda":
-                    skipped.append(f"{backend}: runs on cuda only; add cuda to devices")
-                elif "tensorrt" not in artifacts:
+                if "tensorrt" not in artifacts:
                     skipped.append(f"{backend}: the export stage built no engine (formats)")
                 else:
                     targets.append(Target(backend + suffix, backend, device,

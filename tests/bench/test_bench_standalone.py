@@ -9,6 +9,8 @@ import pytest
 import torch
 import torchvision
 
+from compress.data.module import Preprocess
+from compress.models import ModelSpec, build_model, save_model
 from tests.conftest import requires_fashion
 
 FAST = ("--min-iterations", "20", "--min-seconds", "0", "--warmup-iterations", "2",
@@ -86,3 +88,14 @@ def test_bench_mistakes_get_one_line(cli, plain_onnx: Path, args: list[str], mes
 def test_cuda_without_a_gpu_is_a_clear_error(cli, plain_onnx: Path):
     result = cli("bench", str(plain_onnx), "--device", "cuda", *FAST)
     assert result.returncode == 2 and "cuda" in result.stdout and "Traceback" not in result.stdout
+
+
+def test_cuda_graphs_need_a_cuda_device_and_say_so(cli, tmp_path: Path):
+    spec = ModelSpec(arch="mobilenet_v2", num_classes=10, in_channels=1, width_mult=0.25)
+    path = tmp_path / "model.pt"
+    preprocess = Preprocess(size=16, channels=1, mean=(0.5,), std=(0.5,)).metadata()
+    save_model(build_model(spec).eval(), spec, path, {"role": "student", "preprocess": preprocess})
+    result = cli("bench", str(path), "--backend", "torch-cudagraph", *FAST)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "torch-cudagraph replays CUDA graphs: it needs --device cuda" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr

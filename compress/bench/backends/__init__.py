@@ -61,11 +61,13 @@ class Runner:
 @dataclass(frozen=True)
 class Backend:
     """What ``BACKENDS`` holds: ``load(path, options) -> Runner``; ``runs``: the artifact kind
-    the bench stage hands it; ``title``: the runtime as the report names it."""
+    the bench stage hands it; ``title``: the runtime as the report names it; ``devices``: where
+    it can run (the bench stage skips the others with a note)."""
 
     load: Callable[[Path, BackendOptions], Runner]
     runs: ArtifactKind
     title: str
+    devices: tuple[Device, ...] = ("cpu", "cuda")
 
 
 def load_runner(backend: str, path: Path, options: BackendOptions) -> Runner:

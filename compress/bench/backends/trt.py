@@ -67,7 +67,9 @@ def _tensorrt_runner(end_to_end: bool) -> Callable[[Path, BackendOptions], Runne
     return build
 
 
-BACKENDS.register("tensorrt")(Backend(_tensorrt_runner(False), runs="engine", title="TensorRT"))
+BACKENDS.register("tensorrt")(
+    Backend(_tensorrt_runner(False), runs="engine", title="TensorRT", devices=("cuda",))
+)
 BACKENDS.register("tensorrt-e2e")(
-    Backend(_tensorrt_runner(True), runs="engine", title="TensorRT, with copies")
+    Backend(_tensorrt_runner(True), runs="engine", title="TensorRT, with copies", devices=("cuda",))
 )
