@@ -67,7 +67,7 @@ class CudaGraphs:
     batch in (a device-to-device copy, timed: a caller has to do it too) and returns that output,
     overwritten by the next replay."""
 
-    def __init__(self, model: torch.nn.Module, warmup: int = 3) -> None:
+    def __init__(self, model: Callable[[torch.Tensor], torch.Tensor], warmup: int = 3) -> None:
         self.model = model
         self.warmup = warmup
         self.graphs: dict[tuple[int, ...], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]]
@@ -77,12 +77,15 @@ class CudaGraphs:
         static_in = x.clone()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.inference_mode(), torch.cuda.stream(side):
+        with torch.cuda.stream(side):
             for _ in range(self.warmup):  # cuDNN picks its kernels outside the capture
                 self.model(static_in)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.inference_mode(), torch.cuda.graph(graph):
+        # the capture starts outside inference mode (``model`` enters it for the forward): a
+        # first capture begun inside it leaves the CUDA generator's state as inference tensors,
+        # which a later capture outside it cannot update (pytorch/pytorch#166792)
+        with torch.cuda.graph(graph):
             static_out = self.model(static_in)
         return graph, static_in, static_out
 
