@@ -10,6 +10,7 @@ teacher gives identical numbers, and its forward pass (the dearest part on a CPU
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -77,30 +78,33 @@ def distill_student(
     ``settings.method`` (the first teacher is the one feature methods tap)."""
     device = where.device
     student.to(device).to(memory_format=torch.channels_last)
-    uses_teacher = settings.uses_teacher()
-    teachers = [load_teacher(t.path, device) for t in teacher_files] if uses_teacher else []
-    teacher = teachers[0] if teachers else None  # feature methods tap this one
+    teacher_files = teacher_files if settings.uses_teacher() else []
+    # a teacher file is read only when its network runs: a live teacher, a shape probe or
+    # filling the cache; a stage whose teacher outputs are cached never builds it
+    teacher_at = functools.cache(lambda i: load_teacher(teacher_files[i].path, device))
     student_layers, teacher_layers = settings.layers()
     example = next(data.eval_batches(data.test, 2))[0].to(device)
     shapes = FeatureShapes(
         probe_shapes(student, student_layers, example, "the student"),
-        probe_shapes(teacher, teacher_layers, example, "the teacher") if teacher else {},
+        probe_shapes(teacher_at(0), teacher_layers, example, "the teacher")
+        if teacher_files and teacher_layers
+        else {},
     )
     loss_fn = build_loss(settings, shapes, student).to(device)
     # every process takes this many steps (each trains on its slice of a global batch)
     batch_size = train.batch_size or data.cfg.batch_size
     loss_fn.plan(total_steps(train, data.steps_per_epoch(batch_size, distributed.world_size())))
-    cache = teacher is not None and train.augment == "none" and settings.cache_teacher
+    cache = bool(teacher_files) and train.augment == "none" and settings.cache_teacher
     cache = cache and _features_fit(shapes.teacher, data)
     started = time.perf_counter()
     teacher_logits_for, cached_features_for = teacher_source(
-        teachers, teacher_files, teacher_layers, data, where, cached=cache
+        teacher_at, teacher_files, teacher_layers, data, where, cached=cache
     )
     logits_seconds = time.perf_counter() - started
     live_layers = [] if cache else teacher_layers  # cached: the teacher does not run at all
     unlabeled_batch = 0
     if data.unlabeled is not None:
-        if teacher is None:
+        if not teacher_files:
             console.print(f"  data.unlabeled: not used by {settings.method_name()} (no teacher)")
         else:
             unlabeled_batch = (
@@ -112,7 +116,9 @@ def distill_student(
 
     with (
         tapped(student, student_layers, "the student") as student_taps,
-        tapped(teacher or nn.Identity(), live_layers, "the teacher") as teacher_taps,
+        tapped(
+            teacher_at(0) if live_layers else nn.Identity(), live_layers, "the teacher"
+        ) as teacher_taps,
     ):
         # the taps hook the student itself, not its DDP wrapper ``net``: the same modules run
         def step_loss(net: nn.Module, loss: nn.Module, x: torch.Tensor, y: torch.Tensor, rows):
@@ -152,7 +158,7 @@ def load_teacher(path: Path, device: torch.device) -> nn.Module:
 
 
 def teacher_source(
-    teachers: list[nn.Module],
+    teacher_at: Callable[[int], nn.Module],
     files: list[TeacherFile],
     layers: list[str],
     data: DataModule,
@@ -162,11 +168,13 @@ def teacher_source(
     """(x, rows) -> teacher logits, and (x, rows) -> the first teacher's tapped ``layers``:
     a live forward pass (whose hooks fill the taps), or rows of the cached outputs.
 
-    With several teachers the logits are stacked: teachers x batch x classes.
+    With several teachers the logits are stacked: teachers x batch x classes. ``teacher_at(i)``
+    builds the i-th teacher of ``files``; on a cache hit it is never called.
     """
-    if not teachers:
+    if not files:
         return None, lambda x, rows: {}
     if not cached:
+        teachers = [teacher_at(i) for i in range(len(files))]
 
         def live(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
@@ -175,8 +183,8 @@ def teacher_source(
 
         return live, lambda x, rows: {}
     stored = [
-        _cached_outputs(t, f, layers if i == 0 else [], data, where)
-        for i, (t, f) in enumerate(zip(teachers, files, strict=True))
+        _cached_outputs(functools.partial(teacher_at, i), f, layers if i == 0 else [], data, where)
+        for i, f in enumerate(files)
     ]
     logits = stored[0][0] if len(stored) == 1 else torch.stack([s[0] for s in stored])
     features = stored[0][1]
@@ -201,7 +209,11 @@ def _features_fit(shapes: dict[str, tuple[int, ...]], data: DataModule) -> bool:
 
 
 def _cached_outputs(
-    teacher: nn.Module, source: TeacherFile, layers: list[str], data: DataModule, where: DistillRun
+    teacher: Callable[[], nn.Module],
+    source: TeacherFile,
+    layers: list[str],
+    data: DataModule,
+    where: DistillRun,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Teacher logits (and tapped ``layers``) of the training split, then of ``data.unlabeled``
     (rows len(train) + i), shared by stages through the run's cache folder."""
@@ -217,7 +229,7 @@ def _cached_outputs(
 
 
 def _load_or_compute(
-    teacher: nn.Module,
+    teacher: Callable[[], nn.Module],
     layers: list[str],
     data: DataModule,
     device: torch.device,
@@ -233,12 +245,13 @@ def _load_or_compute(
     images = sum(len(split) for split in splits)
     what = "logits and " + ", ".join(layers) if layers else "logits"
     console.print(f"  computing teacher {what} once for {images:,} training images")
+    net = teacher()
     if layers:
-        passes = [_tapped_pass(teacher, layers, data, split, device) for split in splits]
+        passes = [_tapped_pass(net, layers, data, split, device) for split in splits]
         logits = torch.cat([logits for logits, _ in passes])
         features = {name: torch.cat([f[name] for _, f in passes]) for name in layers}
     else:
-        logits = torch.cat([predict(teacher, data, split, device) for split in splits])
+        logits = torch.cat([predict(net, data, split, device) for split in splits])
         features = {}
     if distributed.is_main():
         save_torch({"key": key, "logits": logits, "features": features}, path)

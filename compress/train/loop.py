@@ -141,7 +141,7 @@ def fit(
                 scaler.scale(loss).backward()
                 if cfg.clip_grad_norm:  # the student and the loss's own modules each
                     scaler.unscale_(optimizer)
-                    for group in (own, companions):
+                    for group in (own, companions) if companions else (own,):
                         torch.nn.utils.clip_grad_norm_(group, cfg.clip_grad_norm)
                 scaler.step(optimizer)
                 scaler.update()

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from compress.config.base import DataConfig, TrainConfig
 from compress.data.module import DataModule
 from compress.distill import load_methods
+from compress.distill import train as train_module
 from compress.distill.config import DistillSettings
 from compress.distill.train import DistillRun, TeacherFile, distill_student
 from compress.io import load_torch
@@ -48,3 +50,28 @@ def test_fitnets_from_cached_teacher_features_trains_like_a_live_teacher(fake_fa
     for name, value in live.items():
         if value.is_floating_point():
             torch.testing.assert_close(cached[name], value, atol=2e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize(("method", "loads_on_a_hit"), [({"name": "kd"}, 0), (FITNETS, 1)])
+def test_a_cache_hit_does_not_build_the_teacher(fake_fashion, tmp_path, monkeypatch, method,
+                                                loads_on_a_hit):  # fmt: skip
+    """The cached outputs stand in for the teacher: with them on disk a logits method never
+    reads the teacher file; a feature method builds it once, to probe its layers' shapes."""
+    save_model(build_model(SPEC), SPEC, fake_fashion / "teacher.pt", {})
+    loads = []
+    real = train_module.load_teacher
+    monkeypatch.setattr(train_module, "load_teacher",
+                        lambda path, device: loads.append(path) or real(path, device))  # fmt: skip
+    cfg = DataConfig(root=fake_fashion, download=False, image_size=12, batch_size=8)
+    data = DataModule(cfg, seed=0)
+    settings = DistillSettings(method=method, cache_teacher=True)
+    teacher = TeacherFile(fake_fashion / "teacher.pt", "sha-of-teacher")
+    train = TrainConfig(epochs=1, lr=0.01, augment="none")
+    for run in ("first", "second"):
+        where = DistillRun(torch.device("cpu"), tmp_path / run / "ckpt.pt", "fp", None,
+                           tmp_path / "cache")  # fmt: skip
+        distill_student(build_model(SPEC), settings, train, data, [teacher], where, run, seed=0)
+        if run == "first":
+            assert len(loads) == 1  # built once: to fill the cache (and probe, for fitnets)
+            loads.clear()
+    assert len(loads) == loads_on_a_hit
