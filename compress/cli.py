@@ -151,7 +151,10 @@ def bench(
         str | None,
         typer.Option(help="{backends}. Default: by file type."),
     ] = None,
-    device: Annotated[str, typer.Option(help="cpu | cuda.")] = "cpu",
+    device: Annotated[
+        str | None,
+        typer.Option(help="cpu | cuda. Default: cpu, or cuda for the GPU-only backends."),
+    ] = None,
     dtype: Annotated[str, typer.Option(help="fp32 | fp16 | bf16 (torch backends).")] = "fp32",
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,32",
     threads: Annotated[int | None, typer.Option(help="Inference threads.")] = None,
@@ -201,7 +204,7 @@ def bench(
 
     if backend is not None and backend not in BACKENDS:
         raise CompressError(BACKENDS.unknown_message(backend))
-    if device not in ("cpu", "cuda") or dtype not in ("fp32", "fp16", "bf16"):
+    if device not in (None, "cpu", "cuda") or dtype not in ("fp32", "fp16", "bf16"):
         raise CompressError("--device is cpu or cuda; --dtype is fp32, fp16 or bf16")
     request = BenchRequest(
         batch_sizes=_batch_sizes(batch_sizes),

@@ -93,7 +93,7 @@ def bench_artifact(path: Path, request: BenchRequest) -> dict[str, Any]:
     results: dict[str, Any] = {
         "artifact": str(path),
         "backend": backend,
-        "device": request.options.device,
+        "device": runner.device,
         "dtype": request.options.dtype,
         "input": {"name": info["input_name"], "shape": info["shape"]},
         "model": model_facts(path),

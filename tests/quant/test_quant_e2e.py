@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
+from compress.bench.backends import BackendOptions, load_runner
+from compress.errors import CompressError
 from tests.conftest import requires_fashion, tiny_pipeline
 
 
@@ -94,15 +98,22 @@ def test_qat_refuses_feature_methods_with_the_reason(tmp_path: Path, cli):
 @pytest.mark.skipif(
     importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here"
 )
-def test_benching_an_engine_without_tensorrt_names_the_extra(tmp_path: Path, cli):
+def test_benching_an_engine_without_tensorrt_names_the_extra(tmp_path: Path, cli, monkeypatch):
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"not a real engine")
     sidecar = {"input_shape": ["batch", 1, 28, 28], "preprocess": None, "labels": None}
     (tmp_path / "model.engine.json").write_text(json.dumps(sidecar))
-    result = cli("bench", str(engine))  # backend chosen by the suffix: tensorrt
-    output = result.stdout + result.stderr
+    # backend chosen by the suffix: tensorrt, and with it the device: cuda
+    result = cli("bench", str(engine))
+    output = " ".join((result.stdout + result.stderr).split())
     assert result.returncode == 2, output
-    assert "pip install 'compress[tensorrt]'" in output and "Traceback" not in output
+    assert "Traceback" not in output
+    if not torch.cuda.is_available():
+        assert "tensorrt on cuda: no CUDA device is available here" in output
+    # on a GPU machine without TensorRT the missing library is what stops it
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(CompressError, match=re.escape("pip install 'compress[tensorrt]'")):
+        load_runner("tensorrt", engine, BackendOptions())
 
 
 @pytest.mark.e2e

@@ -13,7 +13,7 @@ to and from the GPU), as a user calling it from numpy would see it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,7 +39,7 @@ class BackendUnavailable(CompressError):
 @dataclass(frozen=True)
 class BackendOptions:
     threads: int | None = None
-    device: Device = "cpu"
+    device: Device | None = None  # None: the backend's first device (cuda for a GPU-only one)
     dtype: Dtype = "fp32"
 
 
@@ -71,10 +71,18 @@ class Backend:
 
 
 def load_runner(backend: str, path: Path, options: BackendOptions) -> Runner:
+    """``backend``'s runner for ``path`` on the device asked for, or on the backend's first
+    device when none is; a device the backend cannot use is an error here, before it loads."""
     spec: Backend = BACKENDS.get(backend)
-    if options.device == "cuda" and not torch.cuda.is_available() and spec.runs != "onnx":
+    device = options.device or spec.devices[0]
+    if device not in spec.devices:
+        raise BackendUnavailable(
+            f"{backend} runs on {' and '.join(spec.devices)} only, not on {device}: "
+            f"give --device {spec.devices[0]} (or leave --device out)"
+        )
+    if device == "cuda" and not torch.cuda.is_available() and spec.runs != "onnx":
         raise BackendUnavailable(f"{backend} on cuda: no CUDA device is available here")
-    return spec.load(path, options)
+    return spec.load(path, replace(options, device=device))
 
 
 def default_backend(path: Path) -> str:

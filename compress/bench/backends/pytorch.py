@@ -100,11 +100,6 @@ class CudaGraphs:
 
 
 def _cudagraph_runner(path: Path, options: BackendOptions) -> Runner:
-    if options.device != "cuda":
-        raise BackendUnavailable(
-            "torch-cudagraph replays CUDA graphs: it needs --device cuda (on CPU use torch or "
-            "torch-compile)"
-        )
     eager = _torch_runner(False)(path, options)
     replay = CudaGraphs(eager.call)
 

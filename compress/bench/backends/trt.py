@@ -26,9 +26,7 @@ def _tensorrt_runner(end_to_end: bool) -> Callable[[Path, BackendOptions], Runne
         name = "tensorrt-e2e" if end_to_end else "tensorrt"
         if path.suffix not in ENGINE_SUFFIXES:
             raise BackendUnavailable(f"{name} runs TensorRT engines (.engine), not {path.name}")
-        trt = import_tensorrt()
-        if options.device != "cuda" or not torch.cuda.is_available():
-            raise BackendUnavailable(f"{name} needs a CUDA device (add --device cuda)")
+        trt = import_tensorrt()  # load_runner has checked for a CUDA device
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         engine = runtime.deserialize_cuda_engine(path.read_bytes())
         if engine is None:
