@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from compress.bench.backends import BackendOptions, load_runner
 from compress.bench.timing import TimingPlan
-from compress.models import ModelSpec, build_model, save_model
+from compress.models import ModelSpec, build_model, load_model, save_model
 from compress.train.loop import to_device
 
 pytestmark = [
@@ -95,3 +95,24 @@ def test_cuda_graphs_replay_one_graph_per_batch_shape(model_file):
         batch = rng.standard_normal((n, 1, 16, 16)).astype(np.float32)
         np.testing.assert_allclose(cuda.predict(batch), cpu.predict(batch), atol=1e-3)
     assert sorted(cuda.call.graphs) == [(2, 1, 16, 16), (4, 1, 16, 16)]
+
+
+@pytest.mark.parametrize("backend", ["tensorrt", "tensorrt-e2e"])
+def test_tensorrt_engine_builds_times_and_predicts_like_cpu(backend, tmp_path: Path, model_file):
+    """The one test of the TensorRT path: only where TensorRT is installed (the GPU image)."""
+    pytest.importorskip("tensorrt")
+    from compress.export.onnx import export_onnx
+    from compress.export.tensorrt import EngineProfile, build_engine
+
+    model, _, _ = load_model(model_file)
+    onnx_file, engine = tmp_path / "model.onnx", tmp_path / "model.engine"
+    export_onnx(model, onnx_file, input_shape=(1, 16, 16), opset=18, dynamic_batch=True,
+                metadata={})  # fmt: skip
+    facts = build_engine(onnx_file, engine, tmp_path / "build.log", int8=False,
+                         input_shape=(1, 16, 16), profile=EngineProfile(1, 4, 8))  # fmt: skip
+    assert facts["precision"] == "fp16" and engine.stat().st_size == facts["bytes"]
+    trt = load_runner(backend, engine, BackendOptions())  # a GPU-only backend: cuda by default
+    cpu = load_runner("torch", model_file, BackendOptions(device="cpu"))
+    batch = np.random.default_rng(2).standard_normal((4, 1, 16, 16)).astype(np.float32)
+    assert (trt.time(batch, PLAN) > 0).all() and trt.device == "cuda"
+    np.testing.assert_allclose(trt.predict(batch), cpu.predict(batch), atol=5e-2)  # fp16 engine

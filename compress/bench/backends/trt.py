@@ -39,12 +39,17 @@ def _tensorrt_runner(end_to_end: bool) -> Callable[[Path, BackendOptions], Runne
         stream = torch.cuda.Stream()
 
         def execute(x: torch.Tensor) -> torch.Tensor:
+            """Queue the engine on its own stream (TensorRT syncs extra on the legacy default
+            one), ordered after the input's copy on torch's stream and before whatever reads
+            the output there; the host does not wait, so the caller's CUDA events time it."""
             context.set_input_shape(input_name, tuple(x.shape))
             out = torch.empty(tuple(context.get_tensor_shape(output_name)), device="cuda")
             context.set_tensor_address(input_name, x.data_ptr())
             context.set_tensor_address(output_name, out.data_ptr())
-            context.execute_async_v3(stream.cuda_stream)
-            stream.synchronize()
+            stream.wait_stream(torch.cuda.current_stream())
+            if not context.execute_async_v3(stream.cuda_stream):
+                raise BackendUnavailable(f"{name}: TensorRT could not run {path.name}")
+            torch.cuda.current_stream().wait_stream(stream)
             return out
 
         def prepare(batch: np.ndarray) -> Any:
