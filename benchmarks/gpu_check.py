@@ -218,6 +218,8 @@ def int8(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     sets = [*overrides(args, fast_bench=False), "--set", "bench.min_iterations=20",
             "--set", "bench.min_seconds=0.2", "--set", "bench.ratio_rounds=2"]  # fmt: skip
     sets += [item for s in VARIANTS["fp32"] for item in ("--set", s)]
+    # quickstart_int8 trains its own teacher and student otherwise (other batch size, lr, stem)
+    sets += [item for s in same_training(QUICKSTART, INT8) for item in ("--set", s)]
     if args.tiny:
         sets += ["--set", "ptq.calibration_images=64", "--set", "qat.calibration_images=64"]
     compress("run", str(INT8), "--run-dir", str(run_dir), *sets)
@@ -233,6 +235,32 @@ def int8(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             for s in ("teacher", "distill")
         ),
     }  # fmt: skip
+
+
+def same_training(source: Path, target: Path, stages: tuple[str, ...] = ("teacher", "distill")
+                  ) -> list[str]:  # fmt: skip
+    """``--set`` items giving ``target``'s ``stages`` the settings of ``source``'s, so a run of
+    ``target`` over a copy of a ``source`` run finds them unchanged and skips them."""
+    from compress.config.load import load_pipeline
+    from compress.stages.base import load_stages
+
+    load_stages()
+    want, have = (dict(load_pipeline(path).stage_items()) for path in (source, target))
+    dump = {stage: (want[stage].model_dump(mode="json"), have[stage].model_dump(mode="json"))
+            for stage in stages}  # fmt: skip
+    return [item for stage, (w, h) in dump.items() for item in _differences(stage, w, h)]
+
+
+def _differences(prefix: str, want: dict[str, Any], have: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    for key, value in want.items():
+        if value == have.get(key):
+            continue
+        if isinstance(value, dict) and isinstance(have.get(key), dict):
+            out += _differences(f"{prefix}.{key}", value, have[key])
+        else:
+            out.append(f"{prefix}.{key}={json.dumps(value)}")  # JSON is YAML, as --set reads it
+    return out
 
 
 def goals(report: dict[str, Any]) -> dict[str, Any]:
