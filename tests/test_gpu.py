@@ -116,3 +116,16 @@ def test_tensorrt_engine_builds_times_and_predicts_like_cpu(backend, tmp_path: P
     batch = np.random.default_rng(2).standard_normal((4, 1, 16, 16)).astype(np.float32)
     assert (trt.time(batch, PLAN) > 0).all() and trt.device == "cuda"
     np.testing.assert_allclose(trt.predict(batch), cpu.predict(batch), atol=5e-2)  # fp16 engine
+
+
+def test_cached_teacher_outputs_live_on_the_gpu_and_give_a_step_its_rows():
+    from compress.distill.train import resident, take_rows
+
+    logits, features = torch.randn(50, 10), torch.randn(50, 4, 3, 3)
+    on_gpu = resident([logits, features], torch.device("cuda"))
+    assert all(t.device.type == "cuda" for t in on_gpu)
+    rows = torch.tensor([3, 1, 49])  # on the host, as the data module gives them
+    picked = take_rows(on_gpu[1], 0, rows, torch.device("cuda"))
+    assert picked.device.type == "cuda" and torch.equal(picked.cpu(), features[rows])
+    from_host = take_rows(logits, 0, rows, torch.device("cuda"))  # too big for the GPU: copied
+    assert from_host.device.type == "cuda" and torch.equal(from_host.cpu(), logits[rows])

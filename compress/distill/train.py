@@ -28,7 +28,7 @@ from compress.distill.features import probe_shapes, tapped
 from compress.io import exclusive, load_torch, save_torch, sha256_json
 from compress.models import load_model
 from compress.train.evaluate import predict
-from compress.train.loop import FitResult, fit
+from compress.train.loop import FitResult, fit, to_device
 from compress.train.optim import total_steps
 from compress.ui import console
 
@@ -187,11 +187,32 @@ def teacher_source(
         for i, f in enumerate(files)
     ]
     logits = stored[0][0] if len(stored) == 1 else torch.stack([s[0] for s in stored])
-    features = stored[0][1]
+    logits, *outputs = resident([logits, *stored[0][1].values()], where.device)
+    features = dict(zip(stored[0][1], outputs, strict=True))
     return (
-        lambda x, rows: logits[..., rows, :].to(x.device),
-        lambda x, rows: {name: out[rows].to(x.device) for name, out in features.items()},
+        lambda x, rows: take_rows(logits, logits.dim() - 2, rows, x.device),
+        lambda x, rows: {name: take_rows(out, 0, rows, x.device) for name, out in features.items()},
     )
+
+
+def resident(outputs: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """Cached teacher outputs moved onto a GPU once when they take under a quarter of its free
+    memory, so each step picks its rows there instead of copying them from the host; otherwise
+    (and on a CPU) left where they are."""
+    if device.type != "cuda":
+        return outputs
+    size = sum(t.numel() * t.element_size() for t in outputs)
+    if size > torch.cuda.mem_get_info(device)[0] // 4:
+        return outputs
+    return [t.to(device) for t in outputs]
+
+
+def take_rows(
+    stored: torch.Tensor, dim: int, rows: torch.Tensor, device: torch.device
+) -> torch.Tensor:
+    """``rows`` of ``stored`` along ``dim``, on ``device``: picked where ``stored`` lives, and
+    copied through pinned memory when that is the host and ``device`` a GPU (``to_device``)."""
+    return to_device(stored.index_select(dim, to_device(rows, stored.device)), device)
 
 
 def _features_fit(shapes: dict[str, tuple[int, ...]], data: DataModule) -> bool:

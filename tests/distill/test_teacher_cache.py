@@ -75,3 +75,14 @@ def test_a_cache_hit_does_not_build_the_teacher(fake_fashion, tmp_path, monkeypa
             assert len(loads) == 1  # built once: to fill the cache (and probe, for fitnets)
             loads.clear()
     assert len(loads) == loads_on_a_hit
+
+
+def test_rows_of_cached_logits_and_features_match_plain_indexing():
+    """A step's rows: dim -2 of (teachers x images x classes) logits, dim 0 of features."""
+    stacked, features = torch.randn(2, 50, 10), torch.randn(50, 4, 3, 3)
+    rows = torch.tensor([7, 0, 49, 7])
+    cpu = torch.device("cpu")
+    assert torch.equal(train_module.take_rows(stacked, 1, rows, cpu), stacked[:, rows])
+    assert torch.equal(train_module.take_rows(stacked[0], 0, rows, cpu), stacked[0][rows])
+    assert torch.equal(train_module.take_rows(features, 0, rows, cpu), features[rows])
+    assert train_module.resident([features], cpu)[0] is features  # a CPU run leaves them be
