@@ -74,13 +74,16 @@ def test_compare_two_json_files(cli, tmp_path: Path):
     ("args", "message"),
     [
         (["--backend", "torch"], "torch runs our model.pt files"),
+        # the file is checked before the device: the wrong file kind is what to fix first
+        (["--backend", "tensorrt"], "tensorrt runs TensorRT engines (.engine, .plan), not"),
         (["--backend", "tensorrtt"], "unknown bench backend 'tensorrtt'"),
         (["--batch-sizes", "1,x"], "--batch-sizes expects numbers"),
     ],
 )
 def test_bench_mistakes_get_one_line(cli, plain_onnx: Path, args: list[str], message: str):
     result = cli("bench", str(plain_onnx), *args, *FAST)
-    assert result.returncode == 2 and message in result.stdout, result.stdout + result.stderr
+    said = " ".join(result.stdout.split())  # as one line, however the console wrapped it
+    assert result.returncode == 2 and message in said, result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
 
 

@@ -26,6 +26,8 @@ from compress.export.tensorrt import ENGINE_SUFFIXES
 from compress.registry import BACKENDS
 
 ArtifactKind = Literal["onnx", "engine", "model"]  # an ONNX file, a TensorRT engine, a model.pt
+KIND_NAMES = {"onnx": ".onnx files", "engine": "TensorRT engines (.engine, .plan)",
+              "model": "our model.pt files"}  # fmt: skip
 
 Device = Literal["cpu", "cuda"]
 Dtype = Literal["fp32", "fp16", "bf16"]
@@ -72,8 +74,14 @@ class Backend:
 
 def load_runner(backend: str, path: Path, options: BackendOptions) -> Runner:
     """``backend``'s runner for ``path`` on the device asked for, or on the backend's first
-    device when none is; a device the backend cannot use is an error here, before it loads."""
+    device when none is; a file or device the backend cannot use is an error here, before it
+    loads anything."""
     spec: Backend = BACKENDS.get(backend)
+    if artifact_kind(path) != spec.runs:
+        raise BackendUnavailable(
+            f"{backend} runs {KIND_NAMES[spec.runs]}, not {path.name}: "
+            f"use --backend {default_backend(path)} for it"
+        )
     device = options.device or spec.devices[0]
     if device not in spec.devices:
         raise BackendUnavailable(
@@ -85,7 +93,11 @@ def load_runner(backend: str, path: Path, options: BackendOptions) -> Runner:
     return spec.load(path, replace(options, device=device))
 
 
-def default_backend(path: Path) -> str:
+def artifact_kind(path: Path) -> ArtifactKind:
     if path.suffix in ENGINE_SUFFIXES:
-        return "tensorrt"
-    return "onnxruntime" if path.suffix == ".onnx" else "torch"
+        return "engine"
+    return "onnx" if path.suffix == ".onnx" else "model"
+
+
+def default_backend(path: Path) -> str:
+    return {"engine": "tensorrt", "onnx": "onnxruntime", "model": "torch"}[artifact_kind(path)]

@@ -13,8 +13,6 @@ from compress.registry import BACKENDS
 
 
 def onnxruntime_runner(path: Path, options: BackendOptions) -> Runner:
-    if path.suffix != ".onnx":
-        raise BackendUnavailable(f"onnxruntime runs .onnx files, not {path.name}")
     if options.dtype != "fp32":
         raise BackendUnavailable("onnxruntime runs the file's own precision; drop --dtype")
     provider = "CPUExecutionProvider"

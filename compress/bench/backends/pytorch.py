@@ -23,8 +23,6 @@ from compress.registry import BACKENDS
 def _torch_runner(compile_model: bool) -> Callable[[Path, BackendOptions], Runner]:
     def build(path: Path, options: BackendOptions) -> Runner:
         name = "torch-compile" if compile_model else "torch"
-        if path.suffix == ".onnx":
-            raise BackendUnavailable(f"{name} runs our model.pt files; use onnxruntime for .onnx")
         if options.threads:
             torch.set_num_threads(options.threads)
         dtype = TORCH_DTYPES[options.dtype]

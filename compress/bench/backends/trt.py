@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from compress.bench.backends import Backend, BackendOptions, BackendUnavailable, Runner
-from compress.export.tensorrt import ENGINE_SUFFIXES, import_tensorrt
+from compress.export.tensorrt import import_tensorrt
 from compress.registry import BACKENDS
 
 
@@ -24,8 +24,6 @@ def _tensorrt_runner(end_to_end: bool) -> Callable[[Path, BackendOptions], Runne
 
     def build(path: Path, options: BackendOptions) -> Runner:
         name = "tensorrt-e2e" if end_to_end else "tensorrt"
-        if path.suffix not in ENGINE_SUFFIXES:
-            raise BackendUnavailable(f"{name} runs TensorRT engines (.engine), not {path.name}")
         trt = import_tensorrt()  # load_runner has checked for a CUDA device
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         engine = runtime.deserialize_cuda_engine(path.read_bytes())
