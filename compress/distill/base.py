@@ -119,9 +119,11 @@ def hard_label_ce(
     return F.cross_entropy(logits, labels, label_smoothing=label_smoothing, ignore_index=UNLABELED)
 
 
-def schedule_progress(step: int, total_steps: int) -> float:
-    """Fraction of training done at a 0-based step: 0 at the first step, 1 at the last."""
-    return min(1.0, step / max(1, total_steps - 1))
+def schedule_progress(step: int | torch.Tensor, total_steps: int) -> float | torch.Tensor:
+    """Fraction of training done at a 0-based step: 0 at the first step, 1 at the last. A step
+    counter on the device gives a device tensor, so a schedule needs no host read."""
+    fraction = step / max(1, total_steps - 1)
+    return fraction.clamp(max=1.0) if isinstance(fraction, torch.Tensor) else min(1.0, fraction)
 
 
 def pooled(feature: torch.Tensor) -> torch.Tensor:

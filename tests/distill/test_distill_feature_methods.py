@@ -218,13 +218,14 @@ def test_dkd_warmup_ramps_the_kd_terms_linearly():
     assert ramp == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0, 1.0])
 
 
-@pytest.mark.parametrize("name", ["kd", "dkd", "mutual", "self"])
+@pytest.mark.parametrize("name", ["kd", "kd-cosine", "dkd", "mutual", "self"])
 def test_methods_with_step_counters_read_nothing_off_the_device_per_step(name, request):
-    """Their step counters stay on the device (a read per step would wait for the GPU): kd
-    reads it only for a temperature schedule; dkd's and mutual's ramps and self's EMA decay
-    are computed there."""
-    spec = METHODS.get(name)
-    params = {"dkd": {"warmup_steps": 4}, "mutual": {"warmup": 0.5}}.get(name, {})
+    """Their step counters stay on the device (a read per step would wait for the GPU): kd's
+    temperature schedule, dkd's and mutual's ramps and self's EMA decay are computed there."""
+    spec = METHODS.get(name.removesuffix("-cosine"))
+    params = {"dkd": {"warmup_steps": 4}, "mutual": {"warmup": 0.5},
+              "kd-cosine": {"temperature_schedule": "cosine", "final_temperature": 1.0},
+              }.get(name, {})  # fmt: skip
     student = nn.Linear(4, LOGITS_S.shape[1])
     loss_fn = spec.build(spec.params(**params), None, student)
     loss_fn.plan(8)

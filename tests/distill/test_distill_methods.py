@@ -220,6 +220,7 @@ def test_kd_temperature_schedule_values_and_t_squared_at_each_step(schedule, exp
         want = hand_kd(student.numpy(), teacher.numpy(), labels.numpy(), t, 0.3)
         assert loss.item() == pytest.approx(want, rel=1e-5)
     assert params.temperature_at(99, 5) == pytest.approx(expected[-1])  # stays at the end value
+    assert float(params.temperature_at(torch.tensor(99), 5)) == pytest.approx(expected[-1])
 
 
 def test_kd_schedule_without_final_temperature_is_a_clear_error():

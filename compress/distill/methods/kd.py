@@ -59,18 +59,21 @@ class KDParams(ClassifierLossParams):
     def hard_label_weight(self) -> float:
         return self.alpha
 
-    def temperature_at(self, step: int, total_steps: int) -> float:
-        """T at a 0-based training step of ``total_steps``."""
+    def temperature_at(self, step: int | torch.Tensor, total_steps: int) -> float | torch.Tensor:
+        """T at a 0-based training step of ``total_steps`` (a tensor for a device step counter)."""
         if self.temperature_schedule == "constant" or self.final_temperature is None:
             return self.temperature
         t0, t1 = self.temperature, self.final_temperature
         progress = schedule_progress(step, total_steps)
         if self.temperature_schedule == "linear":
             return t0 + (t1 - t0) * progress
-        return t1 + (t0 - t1) * (1.0 + math.cos(math.pi * progress)) / 2.0
+        cos = torch.cos if isinstance(progress, torch.Tensor) else math.cos
+        return t1 + (t0 - t1) * (1.0 + cos(math.pi * progress)) / 2.0
 
 
-def kd_divergence(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+def kd_divergence(
+    student: torch.Tensor, teacher: torch.Tensor, temperature: float | torch.Tensor
+) -> torch.Tensor:
     """T^2 * KL(p_teacher || p_student) at temperature T, averaged over the batch.
 
     ``teacher`` is one teacher's logits (batch x classes) or several stacked (teachers x batch x
@@ -99,11 +102,10 @@ class KDLoss(DistillLoss):
     ) -> torch.Tensor:
         assert teacher is not None, "kd needs teacher logits"
         p = self.params
-        step = 0
         if p.temperature_schedule != "constant":
             assert self.total_steps > 0, "a temperature schedule needs plan(total_steps)"
-            step = self.steps.item()  # a host read (it waits for the GPU): schedules only
-        temperature = p.temperature_at(step, self.total_steps)
+        # from the step counter on the device: no host read, which would wait for the GPU
+        temperature = p.temperature_at(self.steps, self.total_steps)
         if self.training:
             self.steps += 1
         ce = hard_label_ce(student, labels, p.label_smoothing)
