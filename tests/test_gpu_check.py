@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -54,6 +55,11 @@ def test_tiny_cpu_mode_runs_every_part_and_writes_json_and_markdown(tmp_path: Pa
         report["bench"]["student/torch"]["4"]["p99"] >= report["bench"]["student/torch"]["4"]["p50"]
     )
     assert 0.0 <= report["int8"]["int8_onnx_top1_onnxruntime_cpu"] <= 1.0
+    returned = out / report["int8"]["int8_onnx_file"]["name"]  # the artifact comes back
+    assert (
+        hashlib.sha256(returned.read_bytes()).hexdigest()
+        == (report["int8"]["int8_onnx_file"]["sha256"])
+    )
     assert report["int8"]["teacher_and_student_reused"]
     assert "teacher_bf16_speedup (>= 2)" in report["goals"]
     assert "| bf16+channels_last |" in (out / "gpu_check.md").read_text()

@@ -136,7 +136,8 @@ def fit(
                     # its gradients are dropped
                     loss.backward()
                     optimizer.zero_grad(set_to_none=True)
-                    result.skipped_batches += _non_finite(loss, cfg, epoch, step, checkpoint)
+                    bad = _non_finite(loss, cfg, epoch, step, checkpoint, device)
+                    result.skipped_batches += bad
                     continue
                 scaler.scale(loss).backward()
                 if cfg.clip_grad_norm:  # the student and the loss's own modules each
@@ -237,15 +238,22 @@ def _summed(run: dict[str, float]) -> dict[str, float]:
             "seconds": run["seconds"]}  # fmt: skip
 
 
-def _non_finite(loss: torch.Tensor, cfg: TrainConfig, epoch: int, step: int, ckpt: Path) -> int:
+def _non_finite(
+    loss: torch.Tensor, cfg: TrainConfig, epoch: int, step: int, ckpt: Path, device: torch.device
+) -> int:
     where = f"epoch {epoch + 1}, step {step}"
     if cfg.nan_policy == "skip":
         console.print(f"  [yellow]skipped a batch with loss {loss.item()} at {where}[/]")
         return 1
     kept = f"last good checkpoint kept at {ckpt}" if ckpt.exists() else "no checkpoint yet"
+    known = ""
+    if device.type == "cpu" and cfg.precision == "bf16" and cfg.channels_last:
+        known = (" On a CPU, bf16 with channels_last can leave garbage (NaN) in the weight "
+                 "gradient of a stride-2 depthwise convolution on 1x1 maps (seen with torch "
+                 "2.14.1): set channels_last: false.")  # fmt: skip
     raise TrainingError(
         f"loss became {loss.item()} at {where}; {kept}. Lower the learning rate, clip the "
-        "gradients (clip_grad_norm: 2.0), or set nan_policy: skip to drop such batches."
+        f"gradients (clip_grad_norm: 2.0), or set nan_policy: skip to drop such batches.{known}"
     )
 
 

@@ -52,16 +52,20 @@ def test_killed_then_resumed_training_ends_bit_identical(fake_fashion: Path, tmp
         assert torch.equal(a, b), name
 
 
-def test_nan_loss_stops_naming_the_step(fake_fashion: Path, tmp_path: Path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_nan_loss_stops_naming_the_step(fake_fashion: Path, tmp_path: Path, precision: str):
+    """bf16 with channels_last on a CPU also names the PyTorch bug that can cause it."""
     data, model = tiny_setup(fake_fashion)
 
     def step_loss(net, _, x, y, rows):
         logits = net(x)
-        return logits, logits.sum() * float("nan")
+        return logits, logits.float().sum() * float("nan")
 
-    with pytest.raises(TrainingError, match=r"loss became nan at epoch 1, step 0"):
-        fit(model, step_loss, data, TrainConfig(epochs=1), device=torch.device("cpu"),
+    cfg = TrainConfig(epochs=1, precision=precision, channels_last=True)
+    with pytest.raises(TrainingError, match=r"loss became nan at epoch 1, step 0") as stopped:
+        fit(model, step_loss, data, cfg, device=torch.device("cpu"),
             checkpoint=tmp_path / "c.pt", fingerprint="fp", label="t", augment="none")  # fmt: skip
+    assert ("set channels_last: false" in str(stopped.value)) == (precision == "bf16")
 
 
 def test_nan_policy_skip_counts_batches(fake_fashion: Path, tmp_path: Path):
