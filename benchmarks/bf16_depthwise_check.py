@@ -5,11 +5,12 @@
 With torch 2.14.1 on a CPU, a stride-2 depthwise 3x3 convolution on 1x1 maps, under bf16
 autocast in channels_last, can return a weight gradient holding whatever was in memory: NaN
 when the allocator hands back a block we filled with NaN first. Training then goes NaN a step
-or two in (MobileNetV2's late blocks see 1x1 maps at small image sizes). The training loop's
-NaN error names ``channels_last: false`` as the way round it. Run this after a torch upgrade:
-when it reports 0 for channels_last, the README's "When things go wrong" row and that hint
-can go. Prints the counts and writes benchmarks/results/bf16_depthwise_check.json (with the
-CPU). A check of the library, never a test.
+or two in (MobileNetV2's late blocks see 1x1 maps at small image sizes), so a bf16 run on a
+CPU trains in the contiguous format (``compress.train.loop.memory_format``). Run this after a
+torch upgrade: when it reports 0 for channels_last on several machines, that rule and the
+README's "When things go wrong" row can go. Prints the counts and writes
+benchmarks/results/bf16_depthwise_check.json (with the CPU). A check of the library, never a
+test.
 """
 
 from __future__ import annotations

@@ -157,9 +157,6 @@ def quickstart(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     for name, sets in VARIANTS.items():
         run_dir = work / name.replace("+", "_")
         started = time.perf_counter()
-        if args.device == "cpu":  # a rehearsal of the code path; on a CPU, bf16 + channels_last
-            # hits a PyTorch bug (NaN depthwise-conv weight gradients, README: Known issues)
-            sets = [s.replace("channels_last=true", "channels_last=false") for s in sets]
         extra = [item for s in sets for item in ("--set", s)]
         compress("run", str(QUICKSTART), "--run-dir", str(run_dir), *overrides(args), *extra)
         stages = json.loads((run_dir / "manifest.json").read_text())["stages"]

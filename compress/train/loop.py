@@ -73,7 +73,7 @@ def fit(
     """
     companion = companion or nn.Module()
     rank, world = distributed.rank(), distributed.world_size()
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    fmt = memory_format(cfg, device)
     model.to(device, memory_format=fmt)
     companion.to(device)
     own = [p for p in model.parameters() if p.requires_grad]
@@ -136,8 +136,7 @@ def fit(
                     # its gradients are dropped
                     loss.backward()
                     optimizer.zero_grad(set_to_none=True)
-                    bad = _non_finite(loss, cfg, epoch, step, checkpoint, device)
-                    result.skipped_batches += bad
+                    result.skipped_batches += _non_finite(loss, cfg, epoch, step, checkpoint)
                     continue
                 scaler.scale(loss).backward()
                 if cfg.clip_grad_norm:  # the student and the loss's own modules each
@@ -238,23 +237,31 @@ def _summed(run: dict[str, float]) -> dict[str, float]:
             "seconds": run["seconds"]}  # fmt: skip
 
 
-def _non_finite(
-    loss: torch.Tensor, cfg: TrainConfig, epoch: int, step: int, ckpt: Path, device: torch.device
-) -> int:
+def _non_finite(loss: torch.Tensor, cfg: TrainConfig, epoch: int, step: int, ckpt: Path) -> int:
     where = f"epoch {epoch + 1}, step {step}"
     if cfg.nan_policy == "skip":
         console.print(f"  [yellow]skipped a batch with loss {loss.item()} at {where}[/]")
         return 1
     kept = f"last good checkpoint kept at {ckpt}" if ckpt.exists() else "no checkpoint yet"
-    known = ""
-    if device.type == "cpu" and cfg.precision == "bf16" and cfg.channels_last:
-        known = (" On a CPU, bf16 with channels_last can leave garbage (NaN) in the weight "
-                 "gradient of a stride-2 depthwise convolution on 1x1 maps (seen with torch "
-                 "2.14.1): set channels_last: false.")  # fmt: skip
     raise TrainingError(
         f"loss became {loss.item()} at {where}; {kept}. Lower the learning rate, clip the "
-        f"gradients (clip_grad_norm: 2.0), or set nan_policy: skip to drop such batches.{known}"
+        "gradients (clip_grad_norm: 2.0), or set nan_policy: skip to drop such batches."
     )
+
+
+def memory_format(cfg: TrainConfig, device: torch.device) -> torch.memory_format:
+    """channels_last when asked, except for bf16 on a CPU: there torch 2.14.1's depthwise
+    convolutions can leave stale memory (NaN) in their weight gradients in channels_last
+    (benchmarks/bf16_depthwise_check.py counts it for the installed torch)."""
+    if not cfg.channels_last:
+        return torch.contiguous_format
+    if device.type == "cpu" and cfg.precision == "bf16":
+        console.print(
+            "  [yellow]bf16 on a CPU trains in the contiguous format, not channels_last: "
+            "torch's CPU depthwise-conv gradients go wrong in it (README: When things go wrong)[/]"
+        )
+        return torch.contiguous_format
+    return torch.channels_last
 
 
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
