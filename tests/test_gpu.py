@@ -127,5 +127,6 @@ def test_cached_teacher_outputs_live_on_the_gpu_and_give_a_step_its_rows():
     rows = torch.tensor([3, 1, 49])  # on the host, as the data module gives them
     picked = take_rows(on_gpu[1], 0, rows, torch.device("cuda"))
     assert picked.device.type == "cuda" and torch.equal(picked.cpu(), features[rows])
-    from_host = take_rows(logits, 0, rows, torch.device("cuda"))  # too big for the GPU: copied
+    # left on the host (as when too big for the GPU): the rows are copied over
+    from_host = take_rows(logits, 0, rows, torch.device("cuda"))
     assert from_host.device.type == "cuda" and torch.equal(from_host.cpu(), logits[rows])
