@@ -7,7 +7,9 @@ onnxruntime CPU.
 
 Without a CUDA device (and ``--device cuda``, the default) it prints one line and exits 0. It
 writes ``gpu_check.json`` and ``gpu_check.md`` to ``--out`` (default ``$OUT``, else
-``./gpu_check_out``) and keeps going past a failing part, recording its error.
+``./gpu_check_out``) after each part, and keeps going past a failing part, recording its error.
+Parts share ``--seconds`` (480): one still running then is stopped and recorded, the rest are
+skipped, so the report is back before a device call's ``timeout_s`` (give it 540 or more).
 
 On the lent H200 machine (torch with CUDA, onnx, onnxruntime CPU, typer, rich, timm, matplotlib
 are there; pydantic and torch-pruning are not), from the repository root here, once::
@@ -42,6 +44,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -73,34 +76,56 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", type=Path, default=None)
     parser.add_argument("--tiny", action="store_true", help="tiny sizes (tests, dry runs)")
     parser.add_argument("--skip-tests", action="store_true", help="do not run pytest -m gpu")
+    parser.add_argument("--seconds", type=float, default=480.0,
+                        help="time for all parts; a part still running then is stopped and "
+                             "recorded, the rest skipped, so the report lands inside the "
+                             "device call's limit")  # fmt: skip
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("gpu_check: no CUDA device on this machine; nothing checked")
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
-    work = args.out / "runs"
+    # run folders stay outside --out: the device returns at most 8 files from $OUT, and a call
+    # stopped at its limit must still bring the report back
+    work = Path(tempfile.mkdtemp(prefix="gpu_check_"))
+    deadline = time.monotonic() + args.seconds
+    args.time_left = lambda: max(0.0, deadline - time.monotonic())
     report: dict[str, Any] = {"environment": environment(), "tiny": args.tiny}
     parts = {
-        "tests": lambda: {"skipped": "--skip-tests"} if args.skip_tests else gpu_tests(),
+        "tests": lambda: {"skipped": "--skip-tests"} if args.skip_tests else gpu_tests(args),
         "quickstart": lambda: quickstart(args, work),
         "bench": lambda: bench(args, work),
         "int8": lambda: int8(args, work),
     }
-    for name, part in parts.items():
-        started = time.perf_counter()
-        try:
-            report[name] = part()
-        except Exception as exc:  # a part that breaks is a finding; the others still run
-            report[name] = {"error": f"{type(exc).__name__}: {str(exc)[-2000:]}"}
-        report[name]["seconds"] = round(time.perf_counter() - started, 1)
-        print(f"gpu_check: {name} done in {report[name]['seconds']} s", flush=True)
-    report["goals"] = goals(report)
-    (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
-    markdown = render(report)
-    (args.out / "gpu_check.md").write_text(markdown)
+    try:
+        for name, part in parts.items():
+            started = time.perf_counter()
+            if args.time_left() <= 0:
+                report[name] = {"skipped": f"out of time (--seconds {args.seconds:g})"}
+                continue
+            try:
+                report[name] = part()
+            except subprocess.TimeoutExpired as exc:
+                report[name] = {"error": f"stopped after {exc.timeout:.0f} s: out of time"}
+            except Exception as exc:  # a part that breaks is a finding; the others still run
+                report[name] = {"error": f"{type(exc).__name__}: {str(exc)[-2000:]}"}
+            report[name]["seconds"] = round(time.perf_counter() - started, 1)
+            print(f"gpu_check: {name} done in {report[name]['seconds']} s", flush=True)
+            write_report(report, args.out)  # after each part: a later kill loses only that part
+        markdown = write_report(report, args.out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # model files: too big to come back, not needed
     print(markdown)
-    shutil.rmtree(work, ignore_errors=True)  # model files: too big to come back, not needed
     return 0
+
+
+def write_report(report: dict[str, Any], out: Path) -> str:
+    """``gpu_check.json`` and ``gpu_check.md`` in ``out`` for the parts done so far."""
+    report["goals"] = goals(report)
+    (out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
+    markdown = render(report)
+    (out / "gpu_check.md").write_text(markdown)
+    return markdown
 
 
 def environment() -> dict[str, Any]:
@@ -118,20 +143,21 @@ def environment() -> dict[str, Any]:
     return env
 
 
-def compress(*args: str) -> subprocess.CompletedProcess:
-    """``python -m compress ARGS`` from the repository root; raises with its output's tail."""
-    done = subprocess.run([sys.executable, "-m", "compress", *args], cwd=ROOT,
-                          capture_output=True, text=True)  # fmt: skip
+def compress(args: argparse.Namespace, *argv: str) -> subprocess.CompletedProcess:
+    """``python -m compress ARGV`` from the repository root, within the time left; raises with
+    its output's tail."""
+    done = subprocess.run([sys.executable, "-m", "compress", *argv], cwd=ROOT,
+                          capture_output=True, text=True, timeout=args.time_left())  # fmt: skip
     if done.returncode:
-        raise RuntimeError(f"compress {' '.join(args[:2])} exit {done.returncode}: "
+        raise RuntimeError(f"compress {' '.join(argv[:2])} exit {done.returncode}: "
                            f"{(done.stdout + done.stderr)[-1500:]}")  # fmt: skip
     return done
 
 
-def gpu_tests() -> dict[str, Any]:
+def gpu_tests(args: argparse.Namespace) -> dict[str, Any]:
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests"],
-        cwd=ROOT, capture_output=True, text=True,
+        cwd=ROOT, capture_output=True, text=True, timeout=args.time_left(),
     )  # fmt: skip
     last = (done.stdout.strip().splitlines() or [""])[-1]
     counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|skipped|error)", last)}
@@ -158,7 +184,14 @@ def quickstart(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         run_dir = work / name.replace("+", "_")
         started = time.perf_counter()
         extra = [item for s in sets for item in ("--set", s)]
-        compress("run", str(QUICKSTART), "--run-dir", str(run_dir), *overrides(args), *extra)
+        try:
+            compress(args, "run", str(QUICKSTART), "--run-dir", str(run_dir), *overrides(args),
+                     *extra)  # fmt: skip
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            if name == "fp32":  # bench and int8 build on this run: nothing more to measure
+                raise
+            out[name] = {"error": str(exc)[-2000:]}
+            continue
         stages = json.loads((run_dir / "manifest.json").read_text())["stages"]
         out[name] = {
             "seconds": round(time.perf_counter() - started, 1),
@@ -191,7 +224,7 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     for role, model in (("teacher", "teacher"), ("student", "distill")):
         for backend in backends:
             figures = work / f"bench-{role}-{backend}.json"
-            compress("bench", str(run_dir / model / "model.pt"), "--backend", backend,
+            compress(args, "bench", str(run_dir / model / "model.pt"), "--backend", backend,
                      "--device", args.device, "--batch-sizes", sizes, *plan,
                      "--json", str(figures))  # fmt: skip
             latency = json.loads(figures.read_text())["latency_ms"]
@@ -225,7 +258,7 @@ def int8(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     sets += [item for s in same_training(QUICKSTART, INT8) for item in ("--set", s)]
     if args.tiny:
         sets += ["--set", "ptq.calibration_images=64", "--set", "qat.calibration_images=64"]
-    compress("run", str(INT8), "--run-dir", str(run_dir), *sets)
+    compress(args, "run", str(INT8), "--run-dir", str(run_dir), *sets)
     stages = json.loads((run_dir / "manifest.json").read_text())["stages"]
     metrics = stages["bench"]["metrics"]
     # the file itself comes back, so its top-1 can be measured again here: the same number on
@@ -275,8 +308,8 @@ def goals(report: dict[str, Any]) -> dict[str, Any]:
     """The issue's goals as measured ratios (None where a part failed)."""
     out: dict[str, Any] = {}
     q, b = report.get("quickstart", {}), report.get("bench", {})
-    if "fp32" in q and "bf16+channels_last" in q:
-        fast, slow = q["bf16+channels_last"], q["fp32"]
+    fast, slow = q.get("bf16+channels_last", {}), q.get("fp32", {})
+    if "student_top1" in fast and "student_top1" in slow:
         for stage in ("teacher", "distill"):
             key = f"{stage}_images_per_s"
             out[f"{stage}_bf16_speedup (>= 2)"] = round(fast[key] / max(1e-9, slow[key]), 2)
@@ -299,11 +332,11 @@ def render(report: dict[str, Any]) -> str:
     tiny = ", tiny" if report["tiny"] else ""
     lines = [f"# gpu_check ({env.get('gpu', 'no GPU')}, driver {env.get('driver', '-')}, "
              f"CUDA {env.get('cuda', '-')}, torch {env['torch']}{tiny})", ""]  # fmt: skip
-    t = report["tests"]
-    lines += [f"CUDA tests (pytest -m gpu): {t.get('summary') or t.get('error') or t}", ""]
-    q = report["quickstart"]
-    if "error" in q:
-        lines += [f"quickstart: {q['error']}", ""]
+    t = report.get("tests", {})
+    lines += [f"CUDA tests (pytest -m gpu): {t.get('summary') or _not_done(t)}", ""]
+    q = report.get("quickstart", {})
+    if _not_done(q):
+        lines += [f"quickstart: {_not_done(q)}", ""]
     else:
         lines += ["| quickstart | teacher img/s | distill img/s | teacher top-1 | student top-1 "
                   "| student ONNX top-1 | seconds |",
@@ -311,11 +344,13 @@ def render(report: dict[str, Any]) -> str:
         lines += [f"| {name} | {r['teacher_images_per_s']:,.0f} | {r['distill_images_per_s']:,.0f}"
                   f" | {r['teacher_top1']:.4f} | {r['student_top1']:.4f} | "
                   f"{r['student_onnx_top1']} | {r['seconds']} |" for name, r in q.items()
-                  if isinstance(r, dict)]  # fmt: skip
+                  if isinstance(r, dict) and "error" not in r]  # fmt: skip
+        lines += [f"- {name}: {r['error']}" for name, r in q.items()
+                  if isinstance(r, dict) and "error" in r]  # fmt: skip
         lines.append("")
-    b = report["bench"]
-    if "error" in b:
-        lines += [f"bench: {b['error']}", ""]
+    b = report.get("bench", {})
+    if _not_done(b):
+        lines += [f"bench: {_not_done(b)}", ""]
     else:
         lines += [
             "| bench | batch | p50 ms | p90 ms | p99 ms | img/s |",
@@ -329,9 +364,17 @@ def render(report: dict[str, Any]) -> str:
             if "speedup" in key:
                 lines.append(f"{key}: " + ", ".join(f"batch {k} x{v}" for k, v in sizes.items()))
         lines.append("")
-    lines += [f"INT8: {report['int8']}", "", "Goals (measured):"]
+    lines += [f"INT8: {_not_done(report.get('int8', {})) or report['int8']}", "",
+              "Goals (measured):"]  # fmt: skip
     lines += [f"- {k}: {v}" for k, v in report["goals"].items()] or ["- none measured"]
     return "\n".join(lines) + "\n"
+
+
+def _not_done(part: dict[str, Any]) -> str:
+    """Why a part has no figures ("" when it has them)."""
+    if not part:
+        return "not run"
+    return part.get("error") or part.get("skipped") or ""
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -33,6 +34,42 @@ def test_without_a_gpu_it_says_so_in_one_line_and_exits_0(tmp_path: Path):
     assert not (tmp_path / "out").exists()
 
 
+def _module():
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_out_of_time_it_skips_the_parts_left_and_still_writes_the_report(tmp_path: Path):
+    out = tmp_path / "out"
+    done = _run("--device", "cpu", "--tiny", "--seconds", "0", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    report = json.loads((out / "gpu_check.json").read_text())
+    for part in ("tests", "quickstart", "bench", "int8"):
+        assert report[part]["skipped"] == "out of time (--seconds 0)", report[part]
+    assert report["goals"] == {}
+    markdown = (out / "gpu_check.md").read_text()
+    assert "quickstart: out of time" in markdown and "- none measured" in markdown
+    assert sorted(p.name for p in out.iterdir()) == ["gpu_check.json", "gpu_check.md"]
+
+
+def test_a_failed_bf16_variant_keeps_the_fp32_figures_in_the_report():
+    gpu_check = _module()
+    fp32 = {"seconds": 9.0, "teacher_images_per_s": 900.0, "distill_images_per_s": 1200.0,
+            "teacher_top1": 0.9, "student_top1": 0.88, "student_onnx_top1": 0.88}  # fmt: skip
+    report = {
+        "environment": {"torch": "2.x"}, "tiny": True, "tests": {"skipped": "--skip-tests"},
+        "quickstart": {"fp32": fp32, "bf16+channels_last": {"error": "compress run exit 1: NaN"}},
+    }  # fmt: skip
+    report["goals"] = gpu_check.goals(report)
+    assert report["goals"] == {}  # no ratio from one side
+    markdown = gpu_check.render(report)
+    assert "| fp32 | 900 | 1,200 | 0.9000 | 0.8800 | 0.88 | 9.0 |" in markdown
+    assert "- bf16+channels_last: compress run exit 1: NaN" in markdown
+    assert "bench: not run" in markdown and "INT8: not run" in markdown
+
+
 @pytest.mark.e2e
 @requires_fashion
 @pytest.mark.skipif(
@@ -61,5 +98,9 @@ def test_tiny_cpu_mode_runs_every_part_and_writes_json_and_markdown(tmp_path: Pa
         == (report["int8"]["int8_onnx_file"]["sha256"])
     )
     assert report["int8"]["teacher_and_student_reused"]
+    # the device brings back at most 8 files from $OUT: the run folders must stay elsewhere
+    assert sorted(p.name for p in out.iterdir()) == [
+        "gpu_check.json", "gpu_check.md", "int8_student.onnx"
+    ]  # fmt: skip
     assert "teacher_bf16_speedup (>= 2)" in report["goals"]
     assert "| bf16+channels_last |" in (out / "gpu_check.md").read_text()
