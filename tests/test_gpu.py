@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from compress.bench.backends import BackendOptions, load_runner
 from compress.bench.timing import TimingPlan
 from compress.models import ModelSpec, build_model, load_model, save_model
-from compress.train.loop import to_device
+from compress.train.transfer import to_device
 
 pytestmark = [
     pytest.mark.gpu,

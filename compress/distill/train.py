@@ -28,8 +28,9 @@ from compress.distill.features import probe_shapes, tapped
 from compress.io import exclusive, load_torch, save_torch, sha256_json
 from compress.models import load_model
 from compress.train.evaluate import predict
-from compress.train.loop import FitResult, fit, to_device
+from compress.train.loop import FitResult, fit
 from compress.train.optim import total_steps
+from compress.train.transfer import to_device
 from compress.ui import console
 
 TeacherLogits = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -77,7 +78,7 @@ def distill_student(
     """Train ``student`` in place from the teachers in ``teacher_files`` with
     ``settings.method`` (the first teacher is the one feature methods tap)."""
     device = where.device
-    student.to(device).to(memory_format=torch.channels_last)
+    student.to(device)  # fit sets its memory format
     teacher_files = teacher_files if settings.uses_teacher() else []
     # a teacher file is read only when its network runs: a live teacher, a shape probe or
     # filling the cache; a stage whose teacher outputs are cached never builds it
@@ -287,8 +288,8 @@ def _tapped_pass(
     logits, features = [], {name: [] for name in layers}
     with tapped(teacher, layers, "the teacher") as taps:
         for x, _, _ in data.eval_batches(split):
-            x = x.to(device).contiguous(memory_format=torch.channels_last)
-            logits.append(teacher(x).float().cpu())
-            for name in layers:
+            x = to_device(x, device).contiguous(memory_format=torch.channels_last)
+            logits.append(teacher(x).float())  # small: back to the host once, at the end
+            for name in layers:  # large: to the host batch by batch
                 features[name].append(taps.outputs[name].float().cpu().contiguous())
-    return torch.cat(logits), {name: torch.cat(parts) for name, parts in features.items()}
+    return torch.cat(logits).cpu(), {name: torch.cat(parts) for name, parts in features.items()}

@@ -7,19 +7,22 @@ from torch import nn
 
 from compress import distributed
 from compress.data.module import DataModule, Split
+from compress.train.transfer import to_device
 
 
 @torch.no_grad()
 def predict(model: nn.Module, data: DataModule, split: Split, device: torch.device) -> torch.Tensor:
-    """Logits for every image of a split, in split order, in eval mode."""
+    """Logits for every image of a split, in split order, in eval mode, on the host. They stay
+    on ``device`` until the split is done: on a GPU a copy back per batch would stall the host
+    each time, and logits are small."""
     was_training = model.training
     model.eval()
     outputs = []
     for x, _, _ in data.eval_batches(split):
-        x = x.to(device).contiguous(memory_format=torch.channels_last)
-        outputs.append(model(x).float().cpu())
+        x = to_device(x, device).contiguous(memory_format=torch.channels_last)
+        outputs.append(model(x).float())
     model.train(was_training)
-    return torch.cat(outputs)
+    return torch.cat(outputs).cpu()
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:

@@ -24,6 +24,7 @@ from compress.errors import TrainingError
 from compress.io import load_torch, save_torch
 from compress.train.evaluate import evaluate
 from compress.train.optim import build_optimizer, lr_factor, set_lr, total_epochs, total_steps
+from compress.train.transfer import to_device
 from compress.ui import console, progress
 
 # step_loss(model, companion, x, y, rows) -> (student logits, loss). ``model`` and ``companion``
@@ -75,7 +76,7 @@ def fit(
     rank, world = distributed.rank(), distributed.world_size()
     fmt = memory_format(cfg, device)
     model.to(device, memory_format=fmt)
-    companion.to(device)
+    companion.to(device, memory_format=fmt)  # a peer network or regressors: same format
     own = [p for p in model.parameters() if p.requires_grad]
     companions = [p for p in companion.parameters() if p.requires_grad]
     optimizer = build_optimizer(own + companions, cfg)
@@ -199,15 +200,6 @@ def fit(
     return result
 
 
-def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """``batch`` on ``device``. For a GPU it is first copied to pinned (page-locked) host memory:
-    a copy from pageable memory blocks the host until the GPU has drained its queue, while one
-    from pinned memory is queued and the host goes on preparing the next batch."""
-    if device.type == "cuda":
-        batch = batch.pin_memory()
-    return batch.to(device, non_blocking=True)
-
-
 def _read(run: dict[str, float], sums: torch.Tensor) -> None:
     """Copy the device-side correct count and loss sum into ``run`` (one host read)."""
     correct, run["loss_sum"] = sums.tolist()
@@ -256,12 +248,17 @@ def memory_format(cfg: TrainConfig, device: torch.device) -> torch.memory_format
     if not cfg.channels_last:
         return torch.contiguous_format
     if device.type == "cpu" and cfg.precision == "bf16":
-        console.print(
-            "  [yellow]bf16 on a CPU trains in the contiguous format, not channels_last: "
-            "torch's CPU depthwise-conv gradients go wrong in it (README: When things go wrong)[/]"
-        )
+        _say_bf16_cpu_is_contiguous()
         return torch.contiguous_format
     return torch.channels_last
+
+
+@functools.cache  # once a process: a bf16 grid on a CPU would print it for every cell
+def _say_bf16_cpu_is_contiguous() -> None:
+    console.print(
+        "  [yellow]bf16 on a CPU trains in the contiguous format, not channels_last: "
+        "torch's CPU depthwise-conv gradients go wrong in it (README: When things go wrong)[/]"
+    )
 
 
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -13,7 +13,8 @@ from compress.data.module import DataModule
 from compress.errors import CompressError, TrainingError
 from compress.io import load_torch
 from compress.models import ModelSpec, build_model
-from compress.train.loop import fit, memory_format, to_device
+from compress.train.loop import fit, memory_format
+from compress.train.transfer import to_device
 
 
 def tiny_setup(root: Path):
@@ -169,3 +170,35 @@ def test_bf16_on_a_cpu_trains_contiguous_and_everything_else_as_configured():
     assert memory_format(TrainConfig(precision="bf16"), cuda) == torch.channels_last
     assert memory_format(TrainConfig(), cpu) == torch.channels_last
     assert memory_format(TrainConfig(channels_last=False), cuda) == torch.contiguous_format
+
+
+def test_the_bf16_contiguous_note_prints_once_a_process(capsys: pytest.CaptureFixture):
+    import compress.train.loop as loop
+
+    loop._say_bf16_cpu_is_contiguous.cache_clear()
+    for _ in range(3):  # e.g. the cells of a grid
+        memory_format(TrainConfig(precision="bf16"), torch.device("cpu"))
+    assert capsys.readouterr().out.count("trains in the contiguous format") == 1
+
+
+def test_predict_copies_the_logits_back_once_a_split_not_once_a_batch(
+    fake_fashion: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """On a GPU each copy back waits for the queued work; logits are small enough to keep."""
+    from compress.train.evaluate import predict
+
+    _, model = tiny_setup(fake_fashion)
+    data = DataModule(DataConfig(root=fake_fashion, download=False, image_size=16,
+                                 eval_batch_size=6), seed=0)  # fmt: skip
+    assert sum(1 for _ in data.eval_batches(data.test)) == 4
+    copies = {"n": 0}
+    cpu = torch.Tensor.cpu
+
+    def counted_cpu(self: torch.Tensor, *args, **kwargs):
+        copies["n"] += 1
+        return cpu(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "cpu", counted_cpu)
+    logits = predict(model, data, data.test, torch.device("cpu"))
+    assert copies["n"] == 1
+    assert logits.shape == (len(data.test), 10) and logits.device.type == "cpu"
