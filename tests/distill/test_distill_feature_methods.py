@@ -254,19 +254,11 @@ def test_a_distill_stage_reads_one_value_off_the_device_a_step(name, fake_fashio
                                                                  request):  # fmt: skip
     """The whole distillation step, not just the loss: one read a step (the finite-loss check),
     whatever the method, with its teacher outputs cached as the quickstart runs it."""
-    from compress.config.base import DataConfig, TrainConfig
-    from compress.data.module import DataModule
-    from compress.distill.train import DistillRun, TeacherFile, distill_student
-    from compress.models import save_model
+    from compress.config.base import TrainConfig
+    from tests.distill.tiny_run import distil, save_teacher
 
-    spec = ModelSpec("mobilenet_v2", num_classes=10, in_channels=1, width_mult=0.25, stem="cifar")
-    save_model(build_model(spec), spec, fake_fashion / "teacher.pt", {})
-    data = DataModule(DataConfig(root=fake_fashion, download=False, image_size=12, batch_size=8),
-                      seed=0)  # fmt: skip
-    settings = DistillSettings(method={"name": name, **EVERY_METHOD[name]})
-    where = DistillRun(torch.device("cpu"), tmp_path / "ckpt.pt", "fp", None, tmp_path / "cache")
+    save_teacher(fake_fashion)
     train = TrainConfig(epochs=1, steps=6, lr=0.01, augment="none")
-    teacher = TeacherFile(fake_fashion / "teacher.pt", "sha-of-teacher")
     reads = request.getfixturevalue("host_reads")  # counts from here on
-    distill_student(build_model(spec), settings, train, data, [teacher], where, name, seed=0)
+    distil(fake_fashion, tmp_path, {"name": name, **EVERY_METHOD[name]}, train)
     assert reads["n"] == 6

@@ -3,44 +3,29 @@ layers from the run's cache instead of running the teacher every step, and train
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
-from compress.config.base import DataConfig, TrainConfig
-from compress.data.module import DataModule
+from compress.config.base import TrainConfig
 from compress.distill import load_methods
 from compress.distill import train as train_module
-from compress.distill.config import DistillSettings
-from compress.distill.train import DistillRun, TeacherFile, distill_student
 from compress.io import load_torch
-from compress.models import ModelSpec, build_model, save_model
+from tests.distill.tiny_run import distil, save_teacher
 
 load_methods()
-SPEC = ModelSpec("mobilenet_v2", num_classes=10, in_channels=1, width_mult=0.25, stem="cifar")
 FITNETS = {"name": "fitnets", "pairs": [{"student": "features.3", "teacher": "features.5"}]}
-
-
-def distil(root: Path, run: Path, cache_teacher: bool) -> dict[str, torch.Tensor]:
-    cfg = DataConfig(root=root, download=False, image_size=12, batch_size=8,
-                     labels_per_class=2, unlabeled="rest")  # fmt: skip
-    data = DataModule(cfg, seed=0)
-    torch.manual_seed(1)
-    student = build_model(SPEC)
-    settings = DistillSettings(method=FITNETS, cache_teacher=cache_teacher)
-    where = DistillRun(torch.device("cpu"), run / "ckpt.pt", "fp", None, run / "cache")
-    teacher = TeacherFile(root / "teacher.pt", "sha-of-teacher")
-    train = TrainConfig(epochs=2, lr=0.01, augment="none")
-    distill_student(student, settings, train, data, [teacher], where, "fitnets", seed=0)
-    return student.state_dict()
 
 
 def test_fitnets_from_cached_teacher_features_trains_like_a_live_teacher(fake_fashion, tmp_path):
     torch.manual_seed(0)
-    save_model(build_model(SPEC), SPEC, fake_fashion / "teacher.pt", {})
-    live = distil(fake_fashion, tmp_path / "live", cache_teacher=False)
-    cached = distil(fake_fashion, tmp_path / "cached", cache_teacher=True)
+    save_teacher(fake_fashion)
+    train = TrainConfig(epochs=2, lr=0.01, augment="none")
+    runs = {
+        name: distil(fake_fashion, tmp_path / name, FITNETS, train, cache_teacher=name == "cached",
+                     labels_per_class=2, unlabeled="rest").state_dict()
+        for name in ("live", "cached")
+    }  # fmt: skip
+    live, cached = runs["live"], runs["cached"]
     assert not (tmp_path / "live" / "cache").exists()
     (cache_file,) = (tmp_path / "cached" / "cache").glob("teacher_logits-*.pt")
     stored = load_torch(cache_file)
@@ -57,20 +42,14 @@ def test_a_cache_hit_does_not_build_the_teacher(fake_fashion, tmp_path, monkeypa
                                                 loads_on_a_hit):  # fmt: skip
     """The cached outputs stand in for the teacher: with them on disk a logits method never
     reads the teacher file; a feature method builds it once, to probe its layers' shapes."""
-    save_model(build_model(SPEC), SPEC, fake_fashion / "teacher.pt", {})
+    save_teacher(fake_fashion)
     loads = []
     real = train_module.load_teacher
     monkeypatch.setattr(train_module, "load_teacher",
                         lambda path, device: loads.append(path) or real(path, device))  # fmt: skip
-    cfg = DataConfig(root=fake_fashion, download=False, image_size=12, batch_size=8)
-    data = DataModule(cfg, seed=0)
-    settings = DistillSettings(method=method, cache_teacher=True)
-    teacher = TeacherFile(fake_fashion / "teacher.pt", "sha-of-teacher")
     train = TrainConfig(epochs=1, lr=0.01, augment="none")
     for run in ("first", "second"):
-        where = DistillRun(torch.device("cpu"), tmp_path / run / "ckpt.pt", "fp", None,
-                           tmp_path / "cache")  # fmt: skip
-        distill_student(build_model(SPEC), settings, train, data, [teacher], where, run, seed=0)
+        distil(fake_fashion, tmp_path / run, method, train, cache=tmp_path / "cache")
         if run == "first":
             assert len(loads) == 1  # built once: to fill the cache (and probe, for fitnets)
             loads.clear()
