@@ -51,6 +51,8 @@ from typing import Any
 
 import torch
 
+from compress.bench.environment import environment
+
 ROOT = Path(__file__).resolve().parent.parent
 QUICKSTART = ROOT / "pipelines" / "quickstart.yaml"
 INT8 = ROOT / "pipelines" / "quickstart_int8.yaml"
@@ -90,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="gpu_check_"))
     deadline = time.monotonic() + args.seconds
     args.time_left = lambda: max(0.0, deadline - time.monotonic())
-    report: dict[str, Any] = {"environment": environment(), "tiny": args.tiny}
+    report: dict[str, Any] = {"environment": environment(None), "tiny": args.tiny}
     parts = {
         "tests": lambda: {"skipped": "--skip-tests"} if args.skip_tests else gpu_tests(args),
         "quickstart": lambda: quickstart(args, work),
@@ -126,21 +128,6 @@ def write_report(report: dict[str, Any], out: Path) -> str:
     markdown = render(report)
     (out / "gpu_check.md").write_text(markdown)
     return markdown
-
-
-def environment() -> dict[str, Any]:
-    env: dict[str, Any] = {"torch": torch.__version__, "python": sys.version.split()[0]}
-    if torch.cuda.is_available():
-        env["gpu"] = torch.cuda.get_device_name(0)
-        env["cuda"] = torch.version.cuda
-        try:
-            env["driver"] = subprocess.run(
-                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                capture_output=True, text=True, check=True,
-            ).stdout.strip()  # fmt: skip
-        except (OSError, subprocess.CalledProcessError):
-            env["driver"] = "unknown"
-    return env
 
 
 def compress(args: argparse.Namespace, *argv: str) -> subprocess.CompletedProcess:
@@ -330,8 +317,9 @@ def goals(report: dict[str, Any]) -> dict[str, Any]:
 def render(report: dict[str, Any]) -> str:
     env = report["environment"]
     tiny = ", tiny" if report["tiny"] else ""
-    lines = [f"# gpu_check ({env.get('gpu', 'no GPU')}, driver {env.get('driver', '-')}, "
-             f"CUDA {env.get('cuda', '-')}, torch {env['torch']}{tiny})", ""]  # fmt: skip
+    lines = [f"# gpu_check ({env.get('gpu', 'no GPU')}, driver {env.get('gpu_driver') or '-'}, "
+             f"CUDA {env.get('cuda', '-')}, torch {env['versions'].get('torch')}, "
+             f"{env['cpu']}{tiny})", ""]  # fmt: skip
     t = report.get("tests", {})
     lines += [f"CUDA tests (pytest -m gpu): {t.get('summary') or _not_done(t)}", ""]
     q = report.get("quickstart", {})

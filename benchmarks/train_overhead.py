@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from compress.bench.environment import host
 from compress.config.load import load_pipeline
 from compress.data.module import get_data
 from compress.io import sha256_file
@@ -52,16 +51,9 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def cpu_model() -> str:
-    """`lscpu`'s model name and the vector-instruction flags that matter for these kernels."""
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or "unknown CPU"
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    name = fields.get("Model name", "unknown CPU").strip()
-    flags = fields.get("Flags", "").split()
-    wanted = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile") if f in flags]
-    return f"{name} ({torch.get_num_threads()} threads; {' '.join(wanted) or 'no AVX2'})"
+    """The CPU and the vector-instruction flags that matter for these kernels, in one line."""
+    facts = host()
+    return f"{facts['cpu']} ({facts['threads']} threads; {' '.join(facts['isa']) or 'no AVX2'})"
 
 
 def context(pipeline, run_dir: Path, stage: str, inputs: dict, tag: str) -> StageContext:

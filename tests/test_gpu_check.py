@@ -59,7 +59,8 @@ def test_a_failed_bf16_variant_keeps_the_fp32_figures_in_the_report():
     fp32 = {"seconds": 9.0, "teacher_images_per_s": 900.0, "distill_images_per_s": 1200.0,
             "teacher_top1": 0.9, "student_top1": 0.88, "student_onnx_top1": 0.88}  # fmt: skip
     report = {
-        "environment": {"torch": "2.x"}, "tiny": True, "tests": {"skipped": "--skip-tests"},
+        "environment": {"versions": {"torch": "2.x"}, "cpu": "a CPU"}, "tiny": True,
+        "tests": {"skipped": "--skip-tests"},
         "quickstart": {"fp32": fp32, "bf16+channels_last": {"error": "compress run exit 1: NaN"}},
     }  # fmt: skip
     report["goals"] = gpu_check.goals(report)
