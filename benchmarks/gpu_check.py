@@ -63,6 +63,7 @@ VARIANTS = {  # fp32 eager against the fast path
         "teacher.channels_last=true", "distill.channels_last=true",
     ],
 }  # fmt: skip
+TESTS_SECONDS = 150.0
 # tiny: the same stages and code, on small models and few images (a CPU test runs it)
 TINY = [
     "data.image_size=16", "data.train_subset=256", "data.test_subset=128",
@@ -142,13 +143,19 @@ def compress(args: argparse.Namespace, *argv: str) -> subprocess.CompletedProces
 
 
 def gpu_tests(args: argparse.Namespace) -> dict[str, Any]:
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests"],
-        cwd=ROOT, capture_output=True, text=True, timeout=args.time_left(),
-    )  # fmt: skip
+    """``pytest -m gpu``, given at most TESTS_SECONDS: the figures after it matter more."""
+    command = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rfE", "-p", "no:cacheprovider",
+               "tests"]  # fmt: skip
+    try:
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
+                              timeout=min(TESTS_SECONDS, args.time_left()))  # fmt: skip
+    except subprocess.TimeoutExpired as exc:  # what it printed so far says how far it got
+        so_far = exc.stdout.decode() if isinstance(exc.stdout, bytes) else exc.stdout or ""
+        return {"error": f"stopped after {exc.timeout:.0f} s", "output_tail": so_far[-1500:]}
     last = (done.stdout.strip().splitlines() or [""])[-1]
     counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|skipped|error)", last)}
-    return {"exit_code": done.returncode, "summary": last, **counts}
+    failures = [line for line in done.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
+    return {"exit_code": done.returncode, "summary": last, **counts, "failures": failures}
 
 
 def overrides(args: argparse.Namespace, fast_bench: bool = True) -> list[str]:
@@ -199,8 +206,9 @@ def _rate(history: Path) -> float:
 
 
 def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    """``compress bench`` of the fp32 run's teacher and student: eager, torch-compile and (on
-    cuda) eager replayed from CUDA graphs."""
+    """``compress bench`` of the fp32 run's teacher and student: eager, then (on cuda) eager
+    replayed from CUDA graphs, then torch-compile (the slowest to start). A call that fails is
+    recorded and the rest go on; out of time, the figures so far are kept."""
     run_dir = work / "fp32"
     sizes = "1,4" if args.tiny else "1,32,256"
     plan = ["--min-iterations", "5" if args.tiny else "300", "--min-seconds",
@@ -208,29 +216,45 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "--max-seconds", "20"]  # fmt: skip
     out: dict[str, Any] = {}
     backends = bench_backends(args)
-    for role, model in (("teacher", "teacher"), ("student", "distill")):
-        for backend in backends:
+    for backend in backends:
+        for role, model in (("student", "distill"), ("teacher", "teacher")):
             figures = work / f"bench-{role}-{backend}.json"
-            compress(args, "bench", str(run_dir / model / "model.pt"), "--backend", backend,
-                     "--device", args.device, "--batch-sizes", sizes, *plan,
-                     "--json", str(figures))  # fmt: skip
+            try:
+                compress(args, "bench", str(run_dir / model / "model.pt"), "--backend", backend,
+                         "--device", args.device, "--batch-sizes", sizes, *plan,
+                         "--json", str(figures))  # fmt: skip
+            except RuntimeError as exc:
+                out[f"{role}/{backend}"] = {"error": str(exc)[-1500:]}
+                continue
+            except subprocess.TimeoutExpired:
+                out["stopped"] = f"out of time before {role}/{backend} was measured"
+                return _with_speedups(out, backends)
             latency = json.loads(figures.read_text())["latency_ms"]
             out[f"{role}/{backend}"] = {
                 bs: {k: s[k] for k in ("p50", "p90", "p99", "throughput")}
                 for bs, s in latency.items()
             }
+    return _with_speedups(out, backends)
+
+
+def _with_speedups(out: dict[str, Any], backends: tuple[str, ...]) -> dict[str, Any]:
+    """The student's throughput over the teacher's, per batch size, where both were measured."""
     for backend in backends:
-        teacher, student = out[f"teacher/{backend}"], out[f"student/{backend}"]
-        out[f"student_speedup/{backend}"] = {
-            bs: round(student[bs]["throughput"] / teacher[bs]["throughput"], 2) for bs in student
-        }
+        teacher, student = out.get(f"teacher/{backend}", {}), out.get(f"student/{backend}", {})
+        if "error" in teacher or "error" in student:
+            continue
+        both = [bs for bs in student if bs in teacher]
+        if both:
+            out[f"student_speedup/{backend}"] = {
+                bs: round(student[bs]["throughput"] / teacher[bs]["throughput"], 2) for bs in both
+            }
     return out
 
 
 def bench_backends(args: argparse.Namespace) -> tuple[str, ...]:
     """torch-cudagraph replays CUDA graphs: cuda only."""
     cuda = ("torch-cudagraph",) if args.device == "cuda" else ()
-    return ("torch", "torch-compile", *cuda)
+    return ("torch", *cuda, "torch-compile")
 
 
 def int8(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -321,7 +345,8 @@ def render(report: dict[str, Any]) -> str:
              f"CUDA {env.get('cuda', '-')}, torch {env['versions'].get('torch')}, "
              f"{env['cpu']}{tiny})", ""]  # fmt: skip
     t = report.get("tests", {})
-    lines += [f"CUDA tests (pytest -m gpu): {t.get('summary') or _not_done(t)}", ""]
+    lines += [f"CUDA tests (pytest -m gpu): {t.get('summary') or _not_done(t)}"]
+    lines += [f"- {failure}" for failure in t.get("failures", [])] + [""]
     q = report.get("quickstart", {})
     if _not_done(q):
         lines += [f"quickstart: {_not_done(q)}", ""]
@@ -345,12 +370,15 @@ def render(report: dict[str, Any]) -> str:
             "|---|---:|---:|---:|---:|---:|",
         ]
         for key, sizes in b.items():
-            if isinstance(sizes, dict) and "speedup" not in key:
+            if isinstance(sizes, dict) and "speedup" not in key and "error" not in sizes:
                 lines += [f"| {key} | {bs} | {s['p50']:.3f} | {s['p90']:.3f} | {s['p99']:.3f} | "
                           f"{s['throughput']:,.0f} |" for bs, s in sizes.items()]  # fmt: skip
         for key, sizes in b.items():
             if "speedup" in key:
                 lines.append(f"{key}: " + ", ".join(f"batch {k} x{v}" for k, v in sizes.items()))
+        lines += [f"- {key}: {sizes['error']}" for key, sizes in b.items()
+                  if isinstance(sizes, dict) and "error" in sizes]  # fmt: skip
+        lines += [f"- {b['stopped']}"] if "stopped" in b else []
         lines.append("")
     lines += [f"INT8: {_not_done(report.get('int8', {})) or report['int8']}", "",
               "Goals (measured):"]  # fmt: skip

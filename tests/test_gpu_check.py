@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -69,6 +70,36 @@ def test_a_failed_bf16_variant_keeps_the_fp32_figures_in_the_report():
     assert "| fp32 | 900 | 1,200 | 0.9000 | 0.8800 | 0.88 | 9.0 |" in markdown
     assert "- bf16+channels_last: compress run exit 1: NaN" in markdown
     assert "bench: not run" in markdown and "INT8: not run" in markdown
+
+
+def test_a_failed_or_unfinished_bench_keeps_what_was_measured():
+    gpu_check = _module()
+    timed = {"32": {"p50": 1.0, "p90": 1.1, "p99": 1.2, "throughput": 3000.0}}
+    bench = {"student/torch": timed, "teacher/torch": {"32": {**timed["32"], "throughput": 900.0}},
+             "student/torch-cudagraph": {"error": "compress bench exit 1: graph capture"},
+             "teacher/torch-cudagraph": timed,
+             "stopped": "out of time before student/torch-compile was measured"}  # fmt: skip
+    bench = gpu_check._with_speedups(bench, ("torch", "torch-cudagraph", "torch-compile"))
+    assert bench["student_speedup/torch"] == {"32": 3.33}
+    assert "student_speedup/torch-cudagraph" not in bench
+    report = {"environment": {"versions": {"torch": "2.x"}, "cpu": "a CPU"}, "tiny": False,
+              "quickstart": {"skipped": "--skip"}, "bench": bench}  # fmt: skip
+    report["goals"] = gpu_check.goals(report)
+    assert report["goals"] == {}  # no batch 256, and no timed compile or graph run at batch 32
+    markdown = gpu_check.render(report)
+    assert "| student/torch | 32 | 1.000 | 1.100 | 1.200 | 3,000 |" in markdown
+    assert "- student/torch-cudagraph: compress bench exit 1: graph capture" in markdown
+    assert "- out of time before student/torch-compile was measured" in markdown
+
+
+def test_the_tests_part_counts_what_pytest_reports_and_keeps_its_output_when_stopped():
+    gpu_check = _module()
+    args = SimpleNamespace(time_left=lambda: 300.0)
+    done = gpu_check.gpu_tests(args)  # here every CUDA test skips
+    assert done["exit_code"] == 0 and done["failures"] == []
+    assert done["skipped"] >= 10 and "skipped" in done["summary"]
+    stopped = gpu_check.gpu_tests(SimpleNamespace(time_left=lambda: 0.3))
+    assert stopped["error"] == "stopped after 0 s" and "output_tail" in stopped
 
 
 @pytest.mark.e2e
