@@ -55,6 +55,41 @@ def test_bf16_autocast_runs_the_forward_in_bf16_and_trains():
     assert torch.isfinite(loss) and moved > 0
 
 
+@pytest.mark.parametrize("nan_step", [None, 3])
+def test_fit_on_cuda_trains_and_stops_at_a_nan_step_read_a_step_late(
+    fake_fashion: Path, tmp_path: Path, nan_step: int | None
+):
+    """fit's stop policy on a GPU: the finite flag goes to pinned memory behind the step and is
+    read after the next one is queued; a NaN is still reported at its own step."""
+    from compress.config.base import DataConfig, TrainConfig
+    from compress.data.module import DataModule
+    from compress.errors import TrainingError
+    from compress.train.loop import fit
+
+    data = DataModule(DataConfig(root=fake_fashion, download=False, image_size=16, batch_size=8),
+                      seed=0)  # fmt: skip
+    model = build_model(SPEC)
+    calls = {"n": 0}
+
+    def step_loss(net, _, x, y, rows):
+        calls["n"] += 1
+        logits = net(x)
+        loss = F.cross_entropy(logits, y)
+        return logits, loss * float("nan") if calls["n"] == (nan_step or -1) + 1 else loss
+
+    cfg = TrainConfig(epochs=2, lr=0.05, precision="bf16")
+    train = lambda: fit(model, step_loss, data, cfg, device=torch.device("cuda"),  # noqa: E731
+                        checkpoint=tmp_path / "c.pt", fingerprint="fp", label="t",
+                        augment="standard")  # fmt: skip
+    if nan_step is None:
+        result = train()
+        assert len(result.history) == 2 and result.history[-1]["images_per_s"] > 0
+        assert all(p.is_cuda and torch.isfinite(p).all() for p in model.parameters())
+    else:
+        with pytest.raises(TrainingError, match=f"loss became nan at epoch 1, step {nan_step}"):
+            train()
+
+
 @pytest.fixture
 def model_file(tmp_path: Path) -> Path:
     path = tmp_path / "model.pt"

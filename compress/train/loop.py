@@ -99,6 +99,10 @@ def fit(
     loss_net = distributed.wrap(companion, device, find_unused=True)
     save = functools.partial(_save, checkpoint, fingerprint, model, companion, optimizer, scaler)
 
+    # the stop policy reads each step's finite flag one step late (_QueuedCheck); skipping a
+    # batch, or agreeing on it across processes, needs the answer before the step is taken
+    late = world == 1 and cfg.nan_policy == "stop"
+    pending: _QueuedCheck | None = None
     model.train()
     with progress() as bars:
         task = bars.add_task(label, total=last_step, stats="")
@@ -132,7 +136,9 @@ def fit(
                                     enabled=cfg.precision != "fp32"):  # fmt: skip
                     logits, loss = step_loss(net, loss_net, x, y, rows)
                 optimizer.zero_grad(set_to_none=True)
-                if not _finite_everywhere(loss, world):
+                if late:
+                    queued = _QueuedCheck.behind(loss, epoch, step, device)
+                elif not _finite_everywhere(loss, world):
                     # the backward still runs so every process's DDP finishes the step together;
                     # its gradients are dropped
                     loss.backward()
@@ -146,6 +152,9 @@ def fit(
                         torch.nn.utils.clip_grad_norm_(group, cfg.clip_grad_norm)
                 scaler.step(optimizer)
                 scaler.update()
+                if late:  # the previous step's flag, now that this step is queued
+                    _stop_if_non_finite(pending, cfg, checkpoint)
+                    pending = queued
 
                 run["seen"] += labelled
                 sums[0] += (logits.detach().argmax(1) == y).sum()
@@ -161,9 +170,13 @@ def fit(
                     writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], global_step)
                 every = cfg.checkpoint_every_steps
                 if every and (step + 1) % every == 0 and step + 1 < steps_per_epoch:
+                    _stop_if_non_finite(pending, cfg, checkpoint)  # before a save: none with NaN
+                    pending = None
                     _read(run, sums)
                     save(epoch, step + 1, result.history, best, _summed(run))
 
+            _stop_if_non_finite(pending, cfg, checkpoint)
+            pending = None
             _read(run, sums)
             if run["seen"]:
                 bars.update(task, stats=_stats(run, epoch, epochs, world))
@@ -212,6 +225,44 @@ def _stats(run: dict[str, float], epoch: int, epochs: int, world: int) -> str:
         f"ep {epoch + 1}/{epochs} loss {run['loss_sum'] / run['seen']:.3f} "
         f"acc {run['correct'] / run['seen']:.3f} {rate:,.0f} img/s"
     )
+
+
+@dataclass
+class _QueuedCheck:
+    """Whether a step's loss is finite, copied to host memory behind that step's forward and
+    read once the next step is queued: the read then waits for this step's forward only, not
+    for the step just queued, so on a GPU the host stays a step ahead, preparing the next batch
+    while the GPU trains (a read right away would drain the GPU's queue every step). The price:
+    a NaN step's update is applied before the loop stops, which the stop policy can afford
+    (the checkpoints are written after the check)."""
+
+    loss: torch.Tensor
+    finite: torch.Tensor
+    copied: torch.cuda.Event | None
+    epoch: int
+    step: int
+
+    @classmethod
+    def behind(cls, loss: torch.Tensor, epoch: int, step: int, device: torch.device
+               ) -> _QueuedCheck:  # fmt: skip
+        finite, copied = torch.isfinite(loss.detach()), None
+        if device.type == "cuda":
+            host = torch.empty((), dtype=torch.bool, pin_memory=True)
+            finite = host.copy_(finite, non_blocking=True)
+            copied = torch.cuda.Event()
+            copied.record()
+        return cls(loss.detach(), finite, copied, epoch, step)
+
+    def is_finite(self) -> bool:
+        if self.copied is not None:
+            self.copied.synchronize()
+        return bool(self.finite)
+
+
+def _stop_if_non_finite(pending: _QueuedCheck | None, cfg: TrainConfig, ckpt: Path) -> None:
+    """Raise the stop policy's error if the queued step's loss was not finite."""
+    if pending is not None and not pending.is_finite():
+        _non_finite(pending.loss, cfg, pending.epoch, pending.step, ckpt)
 
 
 def _finite_everywhere(loss: torch.Tensor, world: int) -> bool:

@@ -65,6 +65,31 @@ def test_nan_loss_stops_naming_the_step(fake_fashion: Path, tmp_path: Path):
             checkpoint=tmp_path / "c.pt", fingerprint="fp", label="t", augment="none")  # fmt: skip
 
 
+@pytest.mark.parametrize(("nan_at", "every"), [(3, 4), (6, None)])
+def test_a_nan_read_a_step_late_names_its_step_and_no_checkpoint_holds_it(
+    fake_fashion: Path, tmp_path: Path, nan_at: int, every: int | None
+):
+    """The stop policy reads a step's finite flag once the next step is queued. A NaN right
+    before a mid-epoch checkpoint (step 3 of 0-6, saved after 4) or at an epoch's last step is
+    still caught before the save, so the checkpoint on disk is the finite end of epoch 1."""
+    data, model = tiny_setup(fake_fashion)
+    calls = {"n": 0}
+
+    def step_loss(net, _, x, y, rows):
+        calls["n"] += 1
+        logits = net(x)
+        loss = F.cross_entropy(logits, y)
+        return logits, loss * float("nan") if calls["n"] == 7 + nan_at + 1 else loss
+
+    cfg = TrainConfig(epochs=2, lr=0.05, checkpoint_every_steps=every)
+    with pytest.raises(TrainingError, match=rf"loss became nan at epoch 2, step {nan_at}; last "):
+        fit(model, step_loss, data, cfg, device=torch.device("cpu"), checkpoint=tmp_path / "n.pt",
+            fingerprint="fp", label="t", augment="none")  # fmt: skip
+    saved = load_torch(tmp_path / "n.pt")
+    assert (saved["epoch"], saved["step_in_epoch"]) == (1, 0)
+    assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
+
+
 def test_nan_policy_skip_counts_batches(fake_fashion: Path, tmp_path: Path):
     data, model = tiny_setup(fake_fashion)
 
@@ -128,11 +153,15 @@ def test_clip_grad_norm_bounds_the_student_and_the_companion_separately(
     assert moved(before_companion, companion.parameters()) == pytest.approx(lr * clip, rel=1e-3)
 
 
+@pytest.mark.parametrize(("nan_policy", "reads_per_step"), [("stop", 0), ("skip", 1)])
 def test_running_loss_and_accuracy_stay_on_the_device_until_read(
-    fake_fashion: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request
-):
-    """One host read per step (the finite check), not three: on a GPU each read stalls the
-    step. The epoch's loss and accuracy still come out as the per-step sums say."""
+    fake_fashion: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request,
+    nan_policy: str, reads_per_step: int
+):  # fmt: skip
+    """No read of a device value per step (on a GPU each one drains its queue): the running
+    sums stay there, and the stop policy reads each step's finite flag a step late, from host
+    memory. Skipping a batch needs the answer before the step: one read. The epoch's loss and
+    accuracy still come out as the per-step sums say."""
     import compress.train.loop as loop
 
     monkeypatch.setattr(loop, "STATS_EVERY_S", 1e9, raising=False)  # no read for the bar
@@ -147,11 +176,11 @@ def test_running_loss_and_accuracy_stay_on_the_device_until_read(
         return logits, loss
 
     reads = request.getfixturevalue("host_reads")  # counts from here on
-    cfg = TrainConfig(epochs=1, lr=0.05)
+    cfg = TrainConfig(epochs=1, lr=0.05, nan_policy=nan_policy)
     result = fit(model, step_loss, data, cfg, device=torch.device("cpu"),
                  checkpoint=tmp_path / "e.pt", fingerprint="fp", label="t",
                  augment="none")  # fmt: skip
-    assert reads["n"] == len(seen)
+    assert reads["n"] == reads_per_step * len(seen)
     images = sum(n for *_, n in seen)
     record = result.history[-1]
     assert record["loss"] == pytest.approx(sum(v * n for v, _, n in seen) / images, rel=1e-12)
