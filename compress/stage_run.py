@@ -141,11 +141,23 @@ def inside(run_dir: Path, relative: str) -> Path:
     return path
 
 
+def _omitted_at_default(cfg: Any) -> set[str]:
+    """Keys added after run directories existed, left out of the fingerprint while they hold
+    their default: upgrading compress must not make those runs' stages run again."""
+    return {
+        name
+        for name, field in type(cfg).model_fields.items()
+        if (field.json_schema_extra or {}).get("fingerprint") == "omit-default"
+        and getattr(cfg, name) == field.default
+    }
+
+
 def stage_fingerprint(pipeline: PipelineSettings, cfg: Any, inputs: dict[str, StageInput]) -> str:
     data_cfg = cfg.data or pipeline.data
     data = data_cfg.model_dump(mode="json", exclude=set(HASH_EXCLUDED_DATA_KEYS))
     fingerprint: dict[str, Any] = {
-        "stage": cfg.model_dump(mode="json", exclude={"data"}),  # data: the effective block
+        # data: the effective block
+        "stage": cfg.model_dump(mode="json", exclude={"data", *_omitted_at_default(cfg)}),
         "data": data,
         "seed": pipeline.seed,
         "deterministic": pipeline.deterministic,

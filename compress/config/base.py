@@ -228,6 +228,13 @@ class TrainConfig(StrictModel):
     channels_last: bool = Field(
         True, description="NHWC memory format for model and batches (faster convolutions)"
     )
+    compile: bool = Field(
+        False,
+        description="torch.compile the model's training forward and backward: fused kernels, "
+        "for GPUs where small models wait on kernel launches; the first steps pay the compile "
+        "(measured on a CPU: no faster)",
+        json_schema_extra={"fingerprint": "omit-default"},
+    )
     clip_grad_norm: float | None = Field(
         None,
         gt=0.0,

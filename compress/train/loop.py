@@ -95,6 +95,8 @@ def fit(
         console.print(f"  resuming {label} from {result.resumed_at} ({checkpoint.name})")
     writer = _tensorboard(tensorboard_dir, purge_step=epoch * steps_per_epoch + skip)
     net = distributed.wrap(model, device)
+    if cfg.compile:  # the training calls only: evaluation and checkpoints use ``model`` itself
+        net = torch.compile(net)
     # a loss's heads need not all take part in every step (a mix, a warm-up)
     loss_net = distributed.wrap(companion, device, find_unused=True)
     save = functools.partial(_save, checkpoint, fingerprint, model, companion, optimizer, scaler)

@@ -258,3 +258,19 @@ def test_best_val_without_a_validation_split_is_one_line(tmp_path: Path, cli):
     assert result.returncode == 2
     assert result.stdout.strip().splitlines() == [f"error: {message}"]
     assert parse_pipeline(raw, ["data.val_split=0.1"])  # with a split it validates
+
+
+def test_a_key_added_later_leaves_existing_runs_fingerprints_alone_at_its_default(monkeypatch):
+    """train.compile came after run directories existed: at its default it is not hashed, so
+    an upgrade does not make those runs train again; set, it is."""
+    import compress.stage_run as stage_run
+
+    hashed = []
+    monkeypatch.setattr(stage_run, "sha256_json", lambda value: hashed.append(value) or "h")
+    for value in (False, True):
+        pipeline = load_pipeline(ROOT / "pipelines" / "quickstart.yaml")
+        teacher = dict(pipeline.stage_items())["teacher"].model_copy(update={"compile": value})
+        stage_run.stage_fingerprint(pipeline, teacher, {})
+    at_default, set_on = (entry["stage"] for entry in hashed)
+    assert "compile" not in at_default and set_on["compile"] is True
+    assert {k: v for k, v in set_on.items() if k != "compile"} == at_default

@@ -231,3 +231,39 @@ def test_predict_copies_the_logits_back_once_a_split_not_once_a_batch(
     logits = predict(model, data, data.test, torch.device("cpu"))
     assert copies["n"] == 1
     assert logits.shape == (len(data.test), 10) and logits.device.type == "cpu"
+
+
+def test_compile_computes_the_same_loss_and_checkpoints_plain_weights(
+    fake_fashion: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """train.compile: true compiles the training calls only: the same model computes the same
+    first loss, and the checkpoint holds the model's own keys (no torch.compile wrapper prefix),
+    so it resumes, evaluates and exports as an eager one."""
+    compiled_modules = []
+    real_compile = torch.compile
+    spy = lambda m, **kw: compiled_modules.append(m) or real_compile(m, **kw)  # noqa: E731
+    monkeypatch.setattr(torch, "compile", spy)
+    runs = {}
+    for compiled in (False, True):
+        data, _ = tiny_setup(fake_fashion)
+        torch.manual_seed(0)  # ResNet-18: no dropout, whose masks compiled code draws otherwise
+        model = build_model(ModelSpec("resnet18", 10, 1, 1.0, "cifar"))
+        losses: list[float] = []
+
+        def step_loss(net, _, x, y, rows, losses=losses):
+            logits = net(x)
+            loss = F.cross_entropy(logits, y)
+            losses.append(float(loss))
+            return logits, loss
+
+        cfg = TrainConfig(epochs=1, steps=2, lr=0.01, compile=compiled)
+        fit(model, step_loss, data, cfg, device=torch.device("cpu"),
+            checkpoint=tmp_path / f"{compiled}.pt", fingerprint="fp", label="t",
+            augment="none")  # fmt: skip
+        runs[compiled] = losses, load_torch(tmp_path / f"{compiled}.pt")["model"]
+        assert compiled_modules == ([model] if compiled else [])
+    (eager_losses, eager_saved), (losses, saved) = runs[False], runs[True]
+    assert list(saved) == list(eager_saved)
+    # the first step starts from the same weights; fused kernels round differently
+    assert losses[0] == pytest.approx(eager_losses[0], rel=1e-5)
+    assert all(torch.isfinite(v).all() for v in saved.values() if v.is_floating_point())
