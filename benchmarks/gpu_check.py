@@ -1,6 +1,6 @@
 """One prepared GPU check: the CUDA tests, the quickstart on cuda (fp32 vs bf16 + channels_last),
-``compress bench`` on cuda (eager, torch-compile, CUDA graphs) and the INT8 student on
-onnxruntime CPU.
+``compress bench`` on cuda (eager, torch-compile, CUDA graphs), the INT8 student on onnxruntime
+CPU and, with the time left, the quickstart once more with ``train.compile`` on.
 
     PYTHONPATH=. python benchmarks/gpu_check.py [--out DIR] [--data-root DIR]
     PYTHONPATH=. python benchmarks/gpu_check.py --device cpu --tiny   # same code path, tiny, CPU
@@ -63,6 +63,10 @@ VARIANTS = {  # fp32 eager against the fast path
         "teacher.channels_last=true", "distill.channels_last=true",
     ],
 }  # fmt: skip
+# last, with whatever time is left: the fast path with the training calls compiled
+COMPILED = {"bf16+channels_last+compile": [
+    *VARIANTS["bf16+channels_last"], "teacher.compile=true", "distill.compile=true",
+]}  # fmt: skip
 TESTS_SECONDS = 150.0
 # tiny: the same stages and code, on small models and few images (a CPU test runs it)
 TINY = [
@@ -99,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         "quickstart": lambda: quickstart(args, work),
         "bench": lambda: bench(args, work),
         "int8": lambda: int8(args, work),
+        "compiled": lambda: quickstart(args, work, COMPILED),
     }
     try:
         for name, part in parts.items():
@@ -171,10 +176,11 @@ def overrides(args: argparse.Namespace, fast_bench: bool = True) -> list[str]:
     return [item for s in sets for item in ("--set", s)]
 
 
-def quickstart(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+def quickstart(args: argparse.Namespace, work: Path,
+               variants: dict[str, list[str]] = VARIANTS) -> dict[str, Any]:  # fmt: skip
     """The quickstart once per variant: training images/s per stage, top-1 of every model."""
     out: dict[str, Any] = {}
-    for name, sets in VARIANTS.items():
+    for name, sets in variants.items():
         run_dir = work / name.replace("+", "_")
         started = time.perf_counter()
         extra = [item for s in sets for item in ("--set", s)]
@@ -324,6 +330,13 @@ def goals(report: dict[str, Any]) -> dict[str, Any]:
         for stage in ("teacher", "distill"):
             key = f"{stage}_images_per_s"
             out[f"{stage}_bf16_speedup (>= 2)"] = round(fast[key] / max(1e-9, slow[key]), 2)
+    compiled = report.get("compiled", {}).get("bf16+channels_last+compile", {})
+    if "student_top1" in compiled and "student_top1" in slow:
+        for stage in ("teacher", "distill"):
+            key = f"{stage}_images_per_s"
+            out[f"{stage}_bf16_compile_speedup (>= 2)"] = round(
+                compiled[key] / max(1e-9, slow[key]), 2
+            )
         out["bf16_minus_fp32_student_top1 (>= -0.005)"] = round(
             fast["student_top1"] - slow["student_top1"], 4
         )
@@ -348,6 +361,9 @@ def render(report: dict[str, Any]) -> str:
     lines += [f"CUDA tests (pytest -m gpu): {t.get('summary') or _not_done(t)}"]
     lines += [f"- {failure}" for failure in t.get("failures", [])] + [""]
     q = report.get("quickstart", {})
+    compiled = report.get("compiled", {})
+    if not _not_done(q) and not _not_done(compiled):
+        q = {**q, **{k: v for k, v in compiled.items() if isinstance(v, dict)}}
     if _not_done(q):
         lines += [f"quickstart: {_not_done(q)}", ""]
     else:
@@ -380,6 +396,8 @@ def render(report: dict[str, Any]) -> str:
                   if isinstance(sizes, dict) and "error" in sizes]  # fmt: skip
         lines += [f"- {b['stopped']}"] if "stopped" in b else []
         lines.append("")
+    if _not_done(compiled) and not _not_done(q):
+        lines += [f"bf16+channels_last+compile: {_not_done(compiled)}", ""]
     lines += [f"INT8: {_not_done(report.get('int8', {})) or report['int8']}", "",
               "Goals (measured):"]  # fmt: skip
     lines += [f"- {k}: {v}" for k, v in report["goals"].items()] or ["- none measured"]

@@ -47,7 +47,7 @@ def test_out_of_time_it_skips_the_parts_left_and_still_writes_the_report(tmp_pat
     done = _run("--device", "cpu", "--tiny", "--seconds", "0", "--out", str(out))
     assert done.returncode == 0, done.stderr
     report = json.loads((out / "gpu_check.json").read_text())
-    for part in ("tests", "quickstart", "bench", "int8"):
+    for part in ("tests", "quickstart", "bench", "int8", "compiled"):
         assert report[part]["skipped"] == "out of time (--seconds 0)", report[part]
     assert report["goals"] == {}
     markdown = (out / "gpu_check.md").read_text()
@@ -113,10 +113,11 @@ def test_tiny_cpu_mode_runs_every_part_and_writes_json_and_markdown(tmp_path: Pa
     done = _run("--device", "cpu", "--tiny", "--skip-tests", "--out", str(out))
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     report = json.loads((out / "gpu_check.json").read_text())
-    for part in ("quickstart", "bench", "int8"):
+    for part in ("quickstart", "bench", "int8", "compiled"):
         assert "error" not in report[part], report[part]
-    for variant in ("fp32", "bf16+channels_last"):
-        run = report["quickstart"][variant]
+    runs = {**report["quickstart"], **report["compiled"]}
+    for variant in ("fp32", "bf16+channels_last", "bf16+channels_last+compile"):
+        run = runs[variant]
         assert run["teacher_images_per_s"] > 0 and run["distill_images_per_s"] > 0
         assert 0.0 <= run["student_top1"] <= 1.0 and run["student_onnx_top1"] is not None
     assert set(report["bench"]["student/torch-compile"]) == {"1", "4"}
@@ -135,4 +136,6 @@ def test_tiny_cpu_mode_runs_every_part_and_writes_json_and_markdown(tmp_path: Pa
         "gpu_check.json", "gpu_check.md", "int8_student.onnx"
     ]  # fmt: skip
     assert "teacher_bf16_speedup (>= 2)" in report["goals"]
-    assert "| bf16+channels_last |" in (out / "gpu_check.md").read_text()
+    assert "distill_bf16_compile_speedup (>= 2)" in report["goals"]
+    markdown = (out / "gpu_check.md").read_text()
+    assert "| bf16+channels_last |" in markdown and "| bf16+channels_last+compile |" in markdown
