@@ -42,6 +42,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -139,12 +140,26 @@ def write_report(report: dict[str, Any], out: Path) -> str:
 def compress(args: argparse.Namespace, *argv: str) -> subprocess.CompletedProcess:
     """``python -m compress ARGV`` from the repository root, within the time left; raises with
     its output's tail."""
-    done = subprocess.run([sys.executable, "-m", "compress", *argv], cwd=ROOT,
-                          capture_output=True, text=True, timeout=args.time_left())  # fmt: skip
+    done = run_within([sys.executable, "-m", "compress", *argv], args.time_left())
     if done.returncode:
         raise RuntimeError(f"compress {' '.join(argv[:2])} exit {done.returncode}: "
                            f"{(done.stdout + done.stderr)[-1500:]}")  # fmt: skip
     return done
+
+
+def run_within(command: list[str], seconds: float) -> subprocess.CompletedProcess:
+    """``command`` from the repository root, output captured, stopped after ``seconds`` with
+    everything it started: compile workers or data loaders left behind would hold its output
+    pipes open, and the wait for them could outlast the device call."""
+    with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, start_new_session=True) as child:  # fmt: skip
+        try:
+            stdout, stderr = child.communicate(timeout=seconds)
+        except subprocess.TimeoutExpired as exc:
+            os.killpg(child.pid, signal.SIGKILL)
+            exc.stdout, _ = child.communicate()
+            raise
+    return subprocess.CompletedProcess(command, child.returncode, stdout, stderr)
 
 
 def gpu_tests(args: argparse.Namespace) -> dict[str, Any]:
@@ -152,8 +167,7 @@ def gpu_tests(args: argparse.Namespace) -> dict[str, Any]:
     command = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rfE", "-p", "no:cacheprovider",
                "tests"]  # fmt: skip
     try:
-        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
-                              timeout=min(TESTS_SECONDS, args.time_left()))  # fmt: skip
+        done = run_within(command, min(TESTS_SECONDS, args.time_left()))
     except subprocess.TimeoutExpired as exc:  # what it printed so far says how far it got
         so_far = exc.stdout.decode() if isinstance(exc.stdout, bytes) else exc.stdout or ""
         return {"error": f"stopped after {exc.timeout:.0f} s", "output_tail": so_far[-1500:]}

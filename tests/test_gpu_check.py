@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -100,6 +101,20 @@ def test_the_tests_part_counts_what_pytest_reports_and_keeps_its_output_when_sto
     assert done["skipped"] >= 10 and "skipped" in done["summary"]
     stopped = gpu_check.gpu_tests(SimpleNamespace(time_left=lambda: 0.3))
     assert stopped["error"] == "stopped after 0 s" and "output_tail" in stopped
+
+
+def test_a_stopped_part_takes_what_it_started_with_it():
+    """A grandchild (a compile worker, a data loader) holding the output pipe must not keep
+    the check waiting past its time."""
+    gpu_check = _module()
+    script = ("import subprocess, sys, time; "
+              "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+              "print('started', flush=True); time.sleep(60)")  # fmt: skip
+    started = time.monotonic()
+    with pytest.raises(subprocess.TimeoutExpired) as stopped:
+        gpu_check.run_within([sys.executable, "-c", script], 2.0)
+    assert time.monotonic() - started < 30
+    assert "started" in stopped.value.stdout
 
 
 @pytest.mark.e2e
