@@ -187,7 +187,12 @@ def overrides(args: argparse.Namespace, fast_bench: bool = True) -> list[str]:
         sets += ["bench.backends=[onnxruntime]", "bench.include_teacher=false",
                  "bench.min_iterations=20", "bench.min_seconds=0.2", "bench.warmup_seconds=0.1",
                  "bench.batch_sizes=[32]"]  # fmt: skip
-    return [item for s in sets for item in ("--set", s)]
+    return as_sets(sets)
+
+
+def as_sets(items: list[str]) -> list[str]:
+    """``--set ITEM`` for each item, as ``compress run`` takes them."""
+    return [arg for item in items for arg in ("--set", item)]
 
 
 def quickstart(args: argparse.Namespace, work: Path,
@@ -197,7 +202,7 @@ def quickstart(args: argparse.Namespace, work: Path,
     for name, sets in variants.items():
         run_dir = work / name.replace("+", "_")
         started = time.perf_counter()
-        extra = [item for s in sets for item in ("--set", s)]
+        extra = as_sets(sets)
         try:
             compress(args, "run", str(QUICKSTART), "--run-dir", str(run_dir), *overrides(args),
                      *extra)  # fmt: skip
@@ -282,13 +287,13 @@ def int8(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     student's ONNX accuracy on onnxruntime CPU."""
     run_dir = work / "int8"
     shutil.copytree(work / "fp32", run_dir, dirs_exist_ok=True)
-    sets = [*overrides(args, fast_bench=False), "--set", "bench.min_iterations=20",
-            "--set", "bench.min_seconds=0.2", "--set", "bench.ratio_rounds=2"]  # fmt: skip
-    sets += [item for s in VARIANTS["fp32"] for item in ("--set", s)]
+    sets = [*overrides(args, fast_bench=False),
+            *as_sets(["bench.min_iterations=20", "bench.min_seconds=0.2", "bench.ratio_rounds=2"]),
+            *as_sets(VARIANTS["fp32"])]  # fmt: skip
     # quickstart_int8 trains its own teacher and student otherwise (other batch size, lr, stem)
-    sets += [item for s in same_training(QUICKSTART, INT8) for item in ("--set", s)]
+    sets += as_sets(same_training(QUICKSTART, INT8))
     if args.tiny:
-        sets += ["--set", "ptq.calibration_images=64", "--set", "qat.calibration_images=64"]
+        sets += as_sets(["ptq.calibration_images=64", "qat.calibration_images=64"])
     compress(args, "run", str(INT8), "--run-dir", str(run_dir), *sets)
     stages = json.loads((run_dir / "manifest.json").read_text())["stages"]
     metrics = stages["bench"]["metrics"]
@@ -339,21 +344,19 @@ def goals(report: dict[str, Any]) -> dict[str, Any]:
     """The issue's goals as measured ratios (None where a part failed)."""
     out: dict[str, Any] = {}
     q, b = report.get("quickstart", {}), report.get("bench", {})
-    fast, slow = q.get("bf16+channels_last", {}), q.get("fp32", {})
-    if "student_top1" in fast and "student_top1" in slow:
-        for stage in ("teacher", "distill"):
-            key = f"{stage}_images_per_s"
-            out[f"{stage}_bf16_speedup (>= 2)"] = round(fast[key] / max(1e-9, slow[key]), 2)
-    compiled = report.get("compiled", {}).get("bf16+channels_last+compile", {})
-    if "student_top1" in compiled and "student_top1" in slow:
-        for stage in ("teacher", "distill"):
-            key = f"{stage}_images_per_s"
-            out[f"{stage}_bf16_compile_speedup (>= 2)"] = round(
-                compiled[key] / max(1e-9, slow[key]), 2
-            )
-        out["bf16_minus_fp32_student_top1 (>= -0.005)"] = round(
-            fast["student_top1"] - slow["student_top1"], 4
-        )
+    runs = {**q, **report.get("compiled", {})}
+    slow = runs.get("fp32", {})
+    for variant, label in (("bf16+channels_last", "bf16"),
+                           (*COMPILED, "bf16_compile")):  # fmt: skip
+        fast = runs.get(variant, {})
+        if "student_top1" in fast and "student_top1" in slow:
+            for stage in ("teacher", "distill"):
+                key = f"{stage}_images_per_s"
+                out[f"{stage}_{label}_speedup (>= 2)"] = round(fast[key] / max(1e-9, slow[key]), 2)
+            if label == "bf16":
+                out["bf16_minus_fp32_student_top1 (>= -0.005)"] = round(
+                    fast["student_top1"] - slow["student_top1"], 4
+                )
     for backend in ("torch", "torch-compile", "torch-cudagraph"):
         speed = b.get(f"student_speedup/{backend}", {})
         if "256" in speed:
