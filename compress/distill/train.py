@@ -21,7 +21,7 @@ from torch import nn
 
 from compress import distributed
 from compress.config.base import TrainConfig
-from compress.data.module import DataModule
+from compress.data.module import DataModule, Split
 from compress.distill.base import METHODS, DistillLoss, Features, FeatureShapes
 from compress.distill.config import DistillSettings
 from compress.distill.features import probe_shapes, tapped
@@ -267,29 +267,29 @@ def _load_or_compute(
     images = sum(len(split) for split in splits)
     what = "logits and " + ", ".join(layers) if layers else "logits"
     console.print(f"  computing teacher {what} once for {images:,} training images")
-    net = teacher()
-    if layers:
-        passes = [_tapped_pass(net, layers, data, split, device) for split in splits]
-        logits = torch.cat([logits for logits, _ in passes])
-        features = {name: torch.cat([f[name] for _, f in passes]) for name in layers}
-    else:
-        logits = torch.cat([predict(net, data, split, device) for split in splits])
-        features = {}
+    logits, features = _teacher_pass(teacher(), layers, data, splits, device)
     if distributed.is_main():
         save_torch({"key": key, "logits": logits, "features": features}, path)
     return logits, features
 
 
 @torch.no_grad()
-def _tapped_pass(
-    teacher: nn.Module, layers: list[str], data: DataModule, split, device: torch.device
+def _teacher_pass(
+    teacher: nn.Module,
+    layers: list[str],
+    data: DataModule,
+    splits: list[Split],
+    device: torch.device,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Logits and the ``layers``' outputs of a split, in split order (the teacher is in eval)."""
-    logits, features = [], {name: [] for name in layers}
+    """Logits and the ``layers``' outputs of the splits, in split order. Logits are small and
+    come back to the host once a split (``predict``); features are large and come back batch
+    by batch."""
+    features: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
     with tapped(teacher, layers, "the teacher") as taps:
-        for x, _, _ in data.eval_batches(split):
-            x = to_device(x, device).contiguous(memory_format=torch.channels_last)
-            logits.append(teacher(x).float())  # small: back to the host once, at the end
-            for name in layers:  # large: to the host batch by batch
+
+        def keep_features() -> None:
+            for name in layers:
                 features[name].append(taps.outputs[name].float().cpu().contiguous())
-    return torch.cat(logits).cpu(), {name: torch.cat(parts) for name, parts in features.items()}
+
+        logits = torch.cat([predict(teacher, data, s, device, keep_features) for s in splits])
+    return logits, {name: torch.cat(parts) for name, parts in features.items()}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -11,16 +13,25 @@ from compress.train.transfer import to_device
 
 
 @torch.no_grad()
-def predict(model: nn.Module, data: DataModule, split: Split, device: torch.device) -> torch.Tensor:
+def predict(
+    model: nn.Module,
+    data: DataModule,
+    split: Split,
+    device: torch.device,
+    after_batch: Callable[[], None] | None = None,
+) -> torch.Tensor:
     """Logits for every image of a split, in split order, in eval mode, on the host. They stay
     on ``device`` until the split is done: on a GPU a copy back per batch would stall the host
-    each time, and logits are small."""
+    each time, and logits are small. ``after_batch`` runs after each forward (to collect what
+    hooks saw)."""
     was_training = model.training
     model.eval()
     outputs = []
     for x, _, _ in data.eval_batches(split):
         x = to_device(x, device).contiguous(memory_format=torch.channels_last)
         outputs.append(model(x).float())
+        if after_batch is not None:
+            after_batch()
     model.train(was_training)
     return torch.cat(outputs).cpu()
 
