@@ -15,8 +15,10 @@ import torch.nn.functional as F
 
 from compress.bench.backends import BackendOptions, load_runner
 from compress.bench.timing import TimingPlan
+from compress.config.base import DataConfig
+from compress.data.module import DataModule
+from compress.data.transfer import to_device
 from compress.models import ModelSpec, build_model, load_model, save_model
-from compress.train.transfer import to_device
 
 pytestmark = [
     pytest.mark.gpu,
@@ -120,6 +122,16 @@ def test_training_batches_reach_the_gpu_through_pinned_memory_unchanged(monkeypa
     moved = to_device(x, torch.device("cuda"))
     assert moved.device.type == "cuda" and pinned == [x.shape]
     assert torch.equal(moved.cpu(), x)
+
+
+def test_batches_normalised_and_augmented_on_the_gpu_are_the_host_batches(fake_fashion):
+    data = DataModule(DataConfig(root=fake_fashion, download=False, batch_size=8), seed=1)
+    gpu = list(data.train_batches(1, 8, "standard", device=torch.device("cuda")))
+    host = list(data.train_batches(1, 8, "standard"))
+    for (xa, ya, _), (xb, yb, _) in zip(gpu, host, strict=True):
+        assert xa.device.type == "cuda" and ya.device.type == "cpu"
+        torch.testing.assert_close(xa.cpu(), xb, rtol=0, atol=1e-6)
+        assert torch.equal(ya, yb)
 
 
 def test_cuda_graphs_replay_one_graph_per_batch_shape(model_file):

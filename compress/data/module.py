@@ -2,7 +2,9 @@
 
 On a 2-core machine the per-sample Dataset/DataLoader path costs more than the model for small
 images, so by default every split is decoded and resized once into a uint8 tensor; batches are
-normalised and augmented as whole tensors. Shuffling and augmentation draw from generators
+normalised and augmented as whole tensors, on the device that trains: the uint8 batch is what
+crosses to a GPU (a quarter of the float bytes), and the host only gathers rows and draws the
+random numbers. Shuffling and augmentation draw from generators
 seeded by (seed, epoch, batch), so a resumed epoch sees exactly the batches it would have seen.
 """
 
@@ -17,6 +19,7 @@ import torch.nn.functional as F
 
 from compress.config.base import DataConfig
 from compress.data.datasets import IMAGE_SUFFIXES, ImageSource, images_under
+from compress.data.transfer import to_device
 from compress.errors import DataError
 from compress.registry import DATASETS
 from compress.ui import console
@@ -238,9 +241,14 @@ class DataModule:
 
     # ------------------------------------------------------------------ batches
 
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(self.preprocess.mean).view(1, -1, 1, 1)
-        std = torch.tensor(self.preprocess.std).view(1, -1, 1, 1)
+    def normalize(self, images: torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
+        """uint8 images as float, normalised, on ``device`` (default: where they are); they are
+        moved while still uint8."""
+        images = images if device is None else to_device(images, device)
+        mean, std = (
+            torch.tensor(stats, device=images.device).view(1, -1, 1, 1)
+            for stats in (self.preprocess.mean, self.preprocess.std)
+        )
         return (images.float() / 255.0 - mean) / std
 
     def train_batches(
@@ -253,8 +261,13 @@ class DataModule:
         rank: int = 0,
         world: int = 1,
         unlabeled: int = 0,
+        device: torch.device | None = None,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Shuffled (x, y, row) batches for one epoch; the last partial batch is dropped.
+
+        x is normalised and augmented on ``device`` (default: the host); y and row stay on the
+        host. The random draws are made on the host either way, so a seed gives the same
+        batches on a GPU as on the CPU.
 
         ``seed`` (default: the data seed) changes the order and augmentation, not the split.
         With ``world`` processes, global batch b is rows ``order[b*G:(b+1)*G]`` of one shared
@@ -276,7 +289,7 @@ class DataModule:
             extra_order = torch.randperm(len(extra), generator=_gen(seed, 2000 + epoch))
         for b in range(skip, self.steps_per_epoch(batch_size, world)):
             rows = order[b * size : (b + 1) * size][mine]
-            x = self.normalize(self._images(self.train, rows))
+            x = self.normalize(self._images(self.train, rows), device)
             y = self.train.labels[rows]
             if augment != "none":
                 gen = _gen(seed, 10**6 + epoch * 10**5 + b)
@@ -284,7 +297,7 @@ class DataModule:
             if extra is not None:  # this process's slice of the step's unlabeled images
                 first = (b * world + rank) * unlabeled
                 picked = extra_order[torch.arange(first, first + unlabeled) % len(extra)]
-                u = self.normalize(self._images(extra, picked))
+                u = self.normalize(self._images(extra, picked), device)
                 if augment != "none":
                     gen = _gen(seed, 3 * 10**6 + epoch * 10**5 + b)
                     u = augment_batch(u, augment, gen, rank * unlabeled, unlabeled * world)
@@ -301,13 +314,14 @@ class DataModule:
         return max(1, len(self.train) // (batch_size * world))
 
     def eval_batches(
-        self, split: Split, batch_size: int | None = None
+        self, split: Split, batch_size: int | None = None, device: torch.device | None = None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Unshuffled, unaugmented (x, y, row) batches of a split, every image once."""
+        """Unshuffled, unaugmented (x, y, row) batches of a split, every image once; x is
+        normalised on ``device`` (default: the host)."""
         bs = batch_size or self.cfg.eval_batch_size
         for start in range(0, len(split), bs):
             rows = torch.arange(start, min(start + bs, len(split)))
-            yield self.normalize(self._images(split, rows)), split.labels[rows], rows
+            yield self.normalize(self._images(split, rows), device), split.labels[rows], rows
 
     def _images(self, split: Split, rows: torch.Tensor) -> torch.Tensor:
         if split.images is not None:
@@ -345,7 +359,8 @@ def augment_batch(
     """Horizontal flip, plus pad-by-1/8-and-random-crop for 'standard', on a whole batch.
 
     The draws are made for ``total`` images (default: this batch) and rows ``offset`` onwards
-    are used, so a process augments its slice of a global batch as one process would.
+    are used, so a process augments its slice of a global batch as one process would. They
+    come from ``gen`` on the host and the pixels are moved where ``x`` is.
     """
     n, _, h, w = x.shape
     total = total or n
@@ -353,12 +368,13 @@ def augment_batch(
     if kind == "standard":
         pad = max(1, h // 8)
         padded = F.pad(x, (pad, pad, pad, pad))  # zeros = the mean colour after normalising
-        oy = torch.randint(0, 2 * pad + 1, (total,), generator=gen)[part]
-        ox = torch.randint(0, 2 * pad + 1, (total,), generator=gen)[part]
-        rows = (oy[:, None] + torch.arange(h))[:, :, None]
-        cols = (ox[:, None] + torch.arange(w))[:, None, :]
-        x = padded[torch.arange(n)[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
-    flip = torch.rand(total, generator=gen)[part] < 0.5
+        shifts = torch.randint(0, 2 * pad + 1, (2, total), generator=gen)[:, part]
+        oy, ox = to_device(shifts, x.device)
+        rows = (oy[:, None] + torch.arange(h, device=x.device))[:, :, None]
+        cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, :]
+        x = padded[torch.arange(n, device=x.device)[:, None, None], :, rows, cols]
+        x = x.permute(0, 3, 1, 2)
+    flip = to_device(torch.rand(total, generator=gen)[part] < 0.5, x.device)
     return torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x).contiguous()
 
 

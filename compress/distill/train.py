@@ -22,6 +22,7 @@ from torch import nn
 from compress import distributed
 from compress.config.base import TrainConfig
 from compress.data.module import DataModule, Split
+from compress.data.transfer import to_device
 from compress.distill.base import METHODS, DistillLoss, Features, FeatureShapes
 from compress.distill.config import DistillSettings
 from compress.distill.features import probe_shapes, tapped
@@ -30,7 +31,6 @@ from compress.models import load_model
 from compress.train.evaluate import predict
 from compress.train.loop import FitResult, fit
 from compress.train.optim import total_steps
-from compress.train.transfer import to_device
 from compress.ui import console
 
 TeacherLogits = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

@@ -9,7 +9,6 @@ from torch import nn
 
 from compress import distributed
 from compress.data.module import DataModule, Split
-from compress.train.transfer import to_device
 
 
 @torch.no_grad()
@@ -27,8 +26,8 @@ def predict(
     was_training = model.training
     model.eval()
     outputs = []
-    for x, _, _ in data.eval_batches(split):
-        x = to_device(x, device).contiguous(memory_format=torch.channels_last)
+    for x, _, _ in data.eval_batches(split, device=device):
+        x = x.contiguous(memory_format=torch.channels_last)
         outputs.append(model(x).float())
         if after_batch is not None:
             after_batch()

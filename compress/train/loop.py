@@ -20,11 +20,11 @@ from torch import nn
 from compress import distributed
 from compress.config.base import TrainConfig
 from compress.data.module import DataModule
+from compress.data.transfer import to_device
 from compress.errors import TrainingError
 from compress.io import load_torch, save_torch
 from compress.train.evaluate import evaluate
 from compress.train.optim import build_optimizer, lr_factor, set_lr, total_epochs, total_steps
-from compress.train.transfer import to_device
 from compress.ui import console, progress
 
 # step_loss(model, companion, x, y, rows) -> (student logits, loss). ``model`` and ``companion``
@@ -125,14 +125,14 @@ def fit(
                                 device=device)  # fmt: skip
             shown_at = 0.0
             batches = data.train_batches(epoch, batch_size, augment, skip, seed, rank, world,
-                                         unlabeled=unlabeled_batch)  # fmt: skip
+                                         unlabeled=unlabeled_batch, device=device)  # fmt: skip
             for step, (x, y, rows) in enumerate(batches, start=skip):
                 global_step = epoch * steps_per_epoch + step
                 if global_step >= last_step:  # ``steps`` ends the last epoch part-way
                     break
                 set_lr(optimizer, peak_lr * lr_factor(global_step, cfg, steps_per_epoch))
                 labelled = int((y >= 0).sum())  # on the host, before the copy
-                x = to_device(x, device).contiguous(memory_format=fmt)
+                x = x.contiguous(memory_format=fmt)  # normalised and augmented on the device
                 y = to_device(y, device)
                 with torch.autocast(device.type, AUTOCAST.get(cfg.precision),
                                     enabled=cfg.precision != "fp32"):  # fmt: skip

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from compress.config.base import DataConfig
+from compress.data import module
 from compress.data.datasets import decode_image
 from compress.data.module import DataModule, augment_batch, resize_uint8
 from compress.errors import DataError
@@ -57,6 +58,24 @@ def test_train_batches_are_reproducible_and_resumable(fake_fashion: Path):
     assert len(full) == 7
     for (xa, ya, _), (xb, yb, _) in zip(full[3:], resumed, strict=True):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_batches_cross_to_the_device_as_uint8_and_equal_host_batches(fake_fashion, monkeypatch):
+    """Normalising and augmenting happen where the model trains: what is moved is the uint8
+    batch (a quarter of the bytes) and the random draws, never float pixels."""
+    data = DataModule(DataConfig(root=fake_fashion, download=False, batch_size=8), seed=1)
+    moved, real = [], module.to_device
+    monkeypatch.setattr(module, "to_device", lambda t, d: moved.append(t.dtype) or real(t, d))
+    cpu = torch.device("cpu")
+    there = list(data.train_batches(1, 8, "standard", device=cpu))
+    here = list(data.train_batches(1, 8, "standard"))
+    assert torch.uint8 in moved and torch.float32 not in moved
+    for (xa, ya, ra), (xb, yb, rb) in zip(there, here, strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb) and torch.equal(ra, rb)
+    moved.clear()
+    there = [x for x, _, _ in data.eval_batches(data.test, 16, device=cpu)]
+    assert moved and set(moved) == {torch.uint8}
+    assert torch.equal(torch.cat(there), torch.cat([x for x, _, _ in data.eval_batches(data.test)]))
 
 
 def make_tree(root: Path, classes: list[str], per_class: int, size: int = 12) -> None:

@@ -10,11 +10,11 @@ import torch.nn.functional as F
 
 from compress.config.base import DataConfig, TrainConfig
 from compress.data.module import DataModule
+from compress.data.transfer import to_device
 from compress.errors import CompressError, TrainingError
 from compress.io import load_torch
 from compress.models import ModelSpec, build_model
 from compress.train.loop import fit, memory_format
-from compress.train.transfer import to_device
 
 
 def tiny_setup(root: Path):
