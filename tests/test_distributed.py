@@ -88,21 +88,26 @@ def _worker(rank: int, port: int, root: Path, out: Path, cfg: TrainConfig) -> No
     distributed.setup(torch.device("cpu"))
     try:
         train_linear(root, out, 6, cfg)
+        if cfg.compile:  # compiled for real: wrapping DDP in torch.compile ran it eager
+            assert torch._dynamo.utils.counters["inductor"], dict(torch._dynamo.utils.counters)
         distributed.barrier()
     finally:
         distributed.shutdown()
 
 
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
 def test_two_gloo_processes_train_like_one_process_with_the_global_batch(
-    fake_fashion: Path, tmp_path: Path
+    fake_fashion: Path, tmp_path: Path, compiled: bool
 ):
+    """Also with ``compile`` on the two processes only: torch.compile of the DDP-wrapped model
+    must train like the eager process."""
     base = {"epochs": 2, "augment": "standard", "weight_decay": 0.0}
     train_linear(fake_fashion, tmp_path / "one.pt", 12, TrainConfig(lr=0.1, **base))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     # lr_scaling linear: 0.05 x 2 processes is the one-process learning rate
-    ddp_cfg = TrainConfig(lr=0.05, lr_scaling="linear", **base)
+    ddp_cfg = TrainConfig(lr=0.05, lr_scaling="linear", compile=compiled, **base)
     mp.spawn(_worker, args=(port, fake_fashion, tmp_path / "two.pt", ddp_cfg), nprocs=2)
 
     one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")

@@ -94,9 +94,10 @@ def fit(
         result.resumed_at = f"epoch {epoch + 1}, step {skip}"
         console.print(f"  resuming {label} from {result.resumed_at} ({checkpoint.name})")
     writer = _tensorboard(tensorboard_dir, purge_step=epoch * steps_per_epoch + skip)
-    net = distributed.wrap(model, device)
-    if cfg.compile:  # the training calls only: evaluation and checkpoints use ``model`` itself
-        net = torch.compile(net)
+    # compiled for the training calls only: evaluation and checkpoints use ``model`` itself.
+    # Compiled inside DDP, not around it: torch.compile of the DDP wrapper traces nothing and
+    # runs eager (torch 2.14, two gloo processes; tests/test_distributed.py checks it compiles)
+    net = distributed.wrap(torch.compile(model) if cfg.compile else model, device)
     # a loss's heads need not all take part in every step (a mix, a warm-up)
     loss_net = distributed.wrap(companion, device, find_unused=True)
     save = functools.partial(_save, checkpoint, fingerprint, model, companion, optimizer, scaler)
