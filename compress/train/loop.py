@@ -97,7 +97,7 @@ def fit(
     # compiled for the training calls only: evaluation and checkpoints use ``model`` itself.
     # Compiled inside DDP, not around it: torch.compile of the DDP wrapper traces nothing and
     # runs eager (torch 2.14, two gloo processes; tests/test_distributed.py checks it compiles)
-    net = distributed.wrap(torch.compile(model) if cfg.compile else model, device)
+    net = distributed.wrap(compiled(model, fmt) if cfg.compile else model, device)
     # a loss's heads need not all take part in every step (a mix, a warm-up)
     loss_net = distributed.wrap(companion, device, find_unused=True)
     save = functools.partial(_save, checkpoint, fingerprint, model, companion, optimizer, scaler)
@@ -305,6 +305,16 @@ def memory_format(cfg: TrainConfig, device: torch.device) -> torch.memory_format
         _say_bf16_cpu_is_contiguous()
         return torch.contiguous_format
     return torch.channels_last
+
+
+def compiled(model: nn.Module, fmt: torch.memory_format) -> nn.Module:
+    """``torch.compile(model)`` keeping ``fmt``. Inductor on a CPU otherwise turns every
+    convolution channels_last ("layout optimization"), which undoes the bf16 contiguous rule
+    above: with it, 99 of 100 compiled bf16 depthwise weight gradients came back non-finite,
+    0 of 100 without (torch 2.14.1; benchmarks/bf16_depthwise_check.py)."""
+    if fmt == torch.channels_last:
+        return torch.compile(model)
+    return torch.compile(model, options={"layout_optimization": False})
 
 
 @functools.cache  # once a process: a bf16 grid on a CPU would print it for every cell

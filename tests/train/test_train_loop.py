@@ -267,3 +267,14 @@ def test_compile_computes_the_same_loss_and_checkpoints_plain_weights(
     # the first step starts from the same weights; fused kernels round differently
     assert losses[0] == pytest.approx(eager_losses[0], rel=1e-5)
     assert all(torch.isfinite(v).all() for v in saved.values() if v.is_floating_point())
+
+
+def test_compiled_bf16_training_on_a_cpu_keeps_depthwise_weight_gradients_finite():
+    """Inductor makes convolutions channels_last on a CPU by itself, where torch's bf16
+    depthwise weight gradients come back holding stale memory (non-finite 99 times in 100
+    with plain torch.compile, torch 2.14.1). ``compiled`` keeps the contiguous format fit chose."""
+    from benchmarks.bf16_depthwise_check import broken_gradients
+    from compress.train.loop import compiled
+
+    contiguous = torch.contiguous_format
+    assert broken_gradients(contiguous, 10, lambda conv: compiled(conv, contiguous)) == 0
