@@ -11,8 +11,9 @@ writes ``gpu_check.json`` and ``gpu_check.md`` to ``--out`` (default ``$OUT``, e
 Parts share ``--seconds`` (480): one still running then is stopped and recorded, the rest are
 skipped, so the report is back before a device call's ``timeout_s`` (give it 540 or more).
 
-On the lent H200 machine (torch with CUDA, onnx, onnxruntime CPU, typer, rich, timm, matplotlib
-are there; pydantic and torch-pruning are not), from the repository root here, once::
+On a lent GPU machine, H100 or H200 (torch with CUDA, onnx, onnxruntime CPU, typer, rich,
+timm, matplotlib are there; pydantic and torch-pruning are not), from the repository root
+here, once::
 
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \\
         --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \\
