@@ -131,6 +131,7 @@ class DataModule:
         if len(mean) != channels:  # dataset defaults for a different channel count
             mean, std = (sum(mean) / len(mean),) * channels, (sum(std) / len(std),) * channels
         self.preprocess = Preprocess(cfg.image_size or info.image_size, channels, mean, std)
+        self._mean_std: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
         self.skipped: list[str] = []  # corrupt files left out (data.skip_corrupt)
         train_source, test_source = info.load(cfg.root, cfg.download)
@@ -245,11 +246,17 @@ class DataModule:
         """uint8 images as float, normalised, on ``device`` (default: where they are); they are
         moved while still uint8."""
         images = images if device is None else to_device(images, device)
-        mean, std = (
-            torch.tensor(stats, device=images.device).view(1, -1, 1, 1)
-            for stats in (self.preprocess.mean, self.preprocess.std)
-        )
+        mean, std = self._mean_std_on(images.device)
         return (images.float() / 255.0 - mean) / std
+
+    def _mean_std_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Made once a device: on a GPU, making them is a copy from the host that waits for the
+        GPU, which once a batch would stall the host every step."""
+        if device not in self._mean_std:
+            mean, std = (torch.tensor(stats, device=device).view(1, -1, 1, 1)
+                         for stats in (self.preprocess.mean, self.preprocess.std))  # fmt: skip
+            self._mean_std[device] = mean, std
+        return self._mean_std[device]
 
     def train_batches(
         self,

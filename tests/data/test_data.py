@@ -78,6 +78,16 @@ def test_batches_cross_to_the_device_as_uint8_and_equal_host_batches(fake_fashio
     assert torch.equal(torch.cat(there), torch.cat([x for x, _, _ in data.eval_batches(data.test)]))
 
 
+def test_normalising_makes_its_mean_and_std_once_not_once_a_batch(fake_fashion, monkeypatch):
+    """On a GPU, making them is a host copy that waits for the GPU: once a batch would be a
+    stall every step."""
+    data = DataModule(DataConfig(root=fake_fashion, download=False, batch_size=8), seed=1)
+    made, real = [], torch.tensor
+    monkeypatch.setattr(torch, "tensor", lambda *a, **k: made.append(a) or real(*a, **k))
+    batches = list(data.train_batches(0, 8, "none", device=torch.device("cpu")))
+    assert len(batches) > 2 and len(made) == 2  # the mean and the std
+
+
 def make_tree(root: Path, classes: list[str], per_class: int, size: int = 12) -> None:
     for name in classes:
         (root / name).mkdir(parents=True)
