@@ -310,8 +310,8 @@ def memory_format(cfg: TrainConfig, device: torch.device) -> torch.memory_format
 def compiled(model: nn.Module, fmt: torch.memory_format) -> nn.Module:
     """``torch.compile(model)`` keeping ``fmt``. Inductor on a CPU otherwise turns every
     convolution channels_last ("layout optimization"), which undoes the bf16 contiguous rule
-    above: with it, 99 of 100 compiled bf16 depthwise weight gradients came back non-finite,
-    0 of 100 without (torch 2.14.1; benchmarks/bf16_depthwise_check.py)."""
+    above: with it, 198 of 200 compiled bf16 depthwise weight gradients came back non-finite,
+    0 of 200 without (torch 2.14.1; benchmarks/bf16_depthwise_check.py)."""
     if fmt == torch.channels_last:
         return torch.compile(model)
     return torch.compile(model, options={"layout_optimization": False})
